@@ -1,0 +1,99 @@
+"""Command-line flags, named after tritonserver's, each with a LOCALTRITON_* environment twin.
+
+Keepalive defaults are Triton's own server defaults, so localtriton enforces the same ping
+policy as production Triton: a client tuned against it will not be sent GOAWAY by Triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Options:
+    model_repository: Path
+    grpc_address: str
+    grpc_port: int
+    grpc_keepalive_time: int
+    grpc_keepalive_timeout: int
+    grpc_keepalive_permit_without_calls: bool
+    grpc_http2_max_pings_without_data: int
+    grpc_http2_min_recv_ping_interval_without_data: int
+    grpc_http2_max_ping_strikes: int
+    exit_timeout_secs: float
+    log_verbose: int
+
+    def grpc_server_options(self) -> list[tuple[str, int]]:
+        """Channel arguments tritonserver sets on its gRPC server for the same flags."""
+        return [
+            ("grpc.keepalive_time_ms", self.grpc_keepalive_time),
+            ("grpc.keepalive_timeout_ms", self.grpc_keepalive_timeout),
+            ("grpc.keepalive_permit_without_calls", int(self.grpc_keepalive_permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", self.grpc_http2_max_pings_without_data),
+            ("grpc.http2.min_ping_interval_without_data_ms",
+             self.grpc_http2_min_recv_ping_interval_without_data),
+            ("grpc.http2.max_ping_strikes", self.grpc_http2_max_ping_strikes),
+            # Triton accepts and sends messages up to 2 GiB.
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.max_send_message_length", 2**31 - 1),
+        ]
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+# (flag, type, default, help). Defaults for the grpc-* flags are tritonserver's.
+_FLAGS: list[tuple[str, object, object, str]] = [
+    ("--model-repository", Path, Path("model_repository"), "path to the model repository"),
+    ("--grpc-address", str, "127.0.0.1",
+     "address to listen on (tritonserver defaults to 0.0.0.0; this development server "
+     "stays on loopback unless told otherwise)"),
+    ("--grpc-port", int, 8001, "port for the gRPC service"),
+    ("--grpc-keepalive-time", int, 7_200_000,
+     "milliseconds between keepalive pings the server sends on an idle connection"),
+    ("--grpc-keepalive-timeout", int, 20_000,
+     "milliseconds to wait for a keepalive ping ack before closing the connection"),
+    ("--grpc-keepalive-permit-without-calls", _bool, False,
+     "allow clients to send keepalive pings when there are no calls in flight"),
+    ("--grpc-http2-max-pings-without-data", int, 2,
+     "pings the server may send without a data or header frame in between (0: no limit)"),
+    ("--grpc-http2-min-recv-ping-interval-without-data", int, 300_000,
+     "minimum milliseconds between pings the server accepts when no data is sent; a ping "
+     "sooner is a strike"),
+    ("--grpc-http2-max-ping-strikes", int, 2,
+     "strikes allowed before the server sends GOAWAY too_many_pings (0: unlimited)"),
+    ("--exit-timeout-secs", float, 30.0,
+     "on SIGTERM/SIGINT, seconds to let in-flight requests finish before exiting"),
+    ("--log-verbose", int, 0, "verbose logging level (0: off, 1: per-request debug lines)"),
+]
+
+
+def env_name(flag: str) -> str:
+    return "LOCALTRITON_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="localtriton",
+        description="CPU server speaking Triton's gRPC protocol over a Triton model repository. "
+                    "Every flag can also be set through the environment variable shown.")
+    for flag, kind, default, text in _FLAGS:
+        env = env_name(flag)
+        if env in os.environ:
+            default = kind(os.environ[env])  # type: ignore[operator]
+        parser.add_argument(flag, type=kind, default=default,
+                            help=f"{text} [env {env}; default: %(default)s]")
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    return Options(**vars(build_parser().parse_args(argv)))

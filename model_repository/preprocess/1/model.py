@@ -1,0 +1,83 @@
+"""Decode, orient and letterbox encoded images for CenterFace.
+
+Runs unchanged in Triton's Python backend (needs numpy and Pillow in its environment).
+Each request's rows are decoded independently: a bad image fails only its own request,
+with INVALID_ARG, never the other requests that share the execution.
+"""
+
+import io
+import json
+import warnings
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image, ImageOps
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+
+
+class ImageRejected(Exception):
+    pass
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.size = int(params.get("network_input_size", "512"))
+        if self.size <= 0 or self.size % 32:
+            raise ValueError(f"network_input_size must be a positive multiple of 32, got {self.size}")
+        self.max_pixels = int(params.get("max_image_pixels", str(4096 * 4096)))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            try:
+                rows = [self._prepare(images[i].reshape(-1)[0], i) for i in range(images.shape[0])]
+            except ImageRejected as exc:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            pixels = np.stack([r[0] for r in rows])
+            letterbox = np.stack([r[1] for r in rows])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("input", pixels),
+                pb_utils.Tensor("letterbox", letterbox),
+            ]))
+        return responses
+
+    def _open(self, data, row):
+        if not data:
+            raise ImageRejected(f"image {row} is empty")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except Exception as exc:
+            raise ImageRejected(
+                f"image {row} is not a decodable JPEG, PNG, WebP or BMP image ({exc})") from None
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageRejected(f"image {row} has no pixels ({width}x{height})")
+        if width * height > self.max_pixels:
+            raise ImageRejected(
+                f"image {row} is {width}x{height} ({width * height} pixels); the limit is "
+                f"{self.max_pixels} pixels")
+        return image
+
+    def _prepare(self, data, row):
+        image = self._open(bytes(data), row)
+        try:
+            image = ImageOps.exif_transpose(image)
+            image = image.convert("RGB")
+        except Exception as exc:  # truncated or corrupt data surfaces while decoding
+            raise ImageRejected(f"image {row} could not be decoded ({exc})") from None
+        width, height = image.size
+        scale = self.size / max(width, height)
+        new_w = max(1, min(self.size, round(width * scale)))
+        new_h = max(1, min(self.size, round(height * scale)))
+        resized = image.resize((new_w, new_h), Image.BILINEAR)
+        canvas = np.zeros((3, self.size, self.size), dtype=np.float32)
+        canvas[:, :new_h, :new_w] = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
+        return canvas, np.array([scale, width, height], dtype=np.float32)
