@@ -54,6 +54,11 @@ class TritonPythonModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # Pillow's own guard, at a higher bound than ours, fired on the header alone.
+            raise ImageRejected(
+                f"image {row} is too large to decode ({exc}); the limit is "
+                f"{self.max_pixels} pixels") from None
         except Exception as exc:
             raise ImageRejected(
                 f"image {row} is not a decodable JPEG, PNG, WebP or BMP image ({exc})") from None
