@@ -62,6 +62,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         pending = _Pending(request, loop.create_future(), time.perf_counter_ns(), loop.time(),
                            request.batch_key() if self._dynamic else ())
+        # A caller that went away leaves its outcome unread; do not log it as lost.
+        pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append(pending)
         self._arrived.set()
         # Shield: a caller that goes away must not cancel rows that share an execution.

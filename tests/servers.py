@@ -82,11 +82,12 @@ def localtriton_ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def localtriton(tmp_path: Path, *flags: str, port: int | None = None) -> Iterator[tuple[str, Process]]:
-    """A real ``python -m localtriton`` serving the project's model repository."""
+def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
+                repository: Path = MODEL_REPOSITORY) -> Iterator[tuple[str, Process]]:
+    """A real ``python -m localtriton`` serving the project's (or another) model repository."""
     port = port or free_port()
     url = f"127.0.0.1:{port}"
-    args = [sys.executable, "-m", "localtriton", "--model-repository", str(MODEL_REPOSITORY),
+    args = [sys.executable, "-m", "localtriton", "--model-repository", str(repository),
             "--grpc-port", str(port), *flags]
     with running(args, tmp_path / f"localtriton-{port}.log", lambda: localtriton_ready(url)) as proc:
         yield url, proc
