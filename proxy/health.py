@@ -1,0 +1,63 @@
+"""Health that tells the truth about the upstream: SERVING only while Triton is ready and
+the default model is ready, checked in the background on every pooled connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from grpc_health.v1 import health, health_pb2
+from tritonclient.utils import InferenceServerException
+
+from .pool import TritonPool
+
+log = logging.getLogger("proxy.health")
+
+SERVICES = ("", "detect.v1.Detector")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ReadinessWatcher:
+    def __init__(self, pool: TritonPool, servicer: health.aio.HealthServicer,
+                 model: str, interval_s: float) -> None:
+        self._pool = pool
+        self._servicer = servicer
+        self._model = model
+        self._interval = interval_s
+        self.serving: bool | None = None
+        self._task: asyncio.Task | None = None
+
+    async def check(self) -> tuple[bool, str]:
+        timeout = max(self._interval, 0.5)
+        try:
+            for client in self._pool.clients:
+                if not await client.is_server_ready(client_timeout=timeout):
+                    return False, "Triton reports not ready"
+            if not await self._pool.clients[0].is_model_ready(self._model, client_timeout=timeout):
+                return False, f"model '{self._model}' is not ready"
+        except InferenceServerException as exc:
+            return False, f"Triton unreachable ({exc.status()})"
+        return True, "Triton and the default model are ready"
+
+    async def update(self) -> None:
+        ok, why = await self.check()
+        if ok != self.serving:
+            self.serving = ok
+            for service in SERVICES:
+                await self._servicer.set(service, SERVING if ok else NOT_SERVING)
+            log.log(logging.INFO if ok else logging.WARNING,
+                    "health %s: %s", "SERVING" if ok else "NOT_SERVING", why)
+
+    async def _run(self) -> None:
+        while True:
+            await self.update()
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,83 @@
+"""Wiring: pool, catalogue, Detect service, health, reflection, metrics, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
+
+from .catalogue import Catalogue
+from .config import ProxyConfig
+from .detector import DetectorService
+from .health import ReadinessWatcher
+from .pool import TritonPool
+from .telemetry import Telemetry
+
+log = logging.getLogger("proxy")
+
+DETECTOR_SERVICE = detect_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
+# Room for the protobuf framing around the largest accepted image; anything bigger is
+# refused by gRPC itself with RESOURCE_EXHAUSTED before it is buffered whole.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+class DetectProxy:
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.telemetry = Telemetry(config.metrics_port)
+        self.pool = TritonPool(config)
+        self.catalogue = Catalogue(self.pool)
+        self.health = health.aio.HealthServicer()
+        self.watcher = ReadinessWatcher(self.pool, self.health, config.default_model,
+                                        config.health_interval_ms / 1000)
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", config.max_image_bytes + MESSAGE_OVERHEAD_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        self.address = ""
+
+    async def start(self) -> None:
+        detect_pb2_grpc.add_DetectorServicer_to_server(
+            DetectorService(self.config, self.pool, self.catalogue, self.telemetry), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [DETECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        port = self.server.add_insecure_port(self.config.listen)
+        if not port:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        self.address = self.config.listen
+        if not self.config.listen.startswith("unix:"):
+            self.address = f"{self.config.listen.rsplit(':', 1)[0]}:{port}"
+        self.pool.connect()
+        await self.watcher.update()  # report the true state from the first Check on
+        self.watcher.start()
+        await self.server.start()
+        log.info("serving detect.v1.Detector on %s; Triton at %s over %d connection(s)",
+                 self.address, self.config.triton_url, len(self.pool))
+
+    async def stop(self) -> None:
+        """NOT_SERVING first so balancers stop sending, then drain, then close the pool."""
+        await self.watcher.stop()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_s)
+        await self.pool.close()
+        self.telemetry.shutdown()
+        log.info("stopped")
+
+
+async def run(config: ProxyConfig) -> None:
+    proxy = DetectProxy(config)
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received; draining for up to %.0fs", config.shutdown_grace_s)
+    await proxy.stop()
