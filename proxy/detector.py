@@ -11,7 +11,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect.v1 import detect_pb2
 
 from .catalogue import Catalogue, DetectorModel
 from .config import ProxyConfig
@@ -25,6 +25,23 @@ log = logging.getLogger("proxy.detect")
 
 def _invalid(message: str) -> ProxyError:
     return ProxyError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def parse_request(data: bytes) -> detect_pb2.DetectRequest | None:
+    """Deserializer that never raises: gRPC would turn a parse error into UNKNOWN with a
+    Python exception text; the handler answers INVALID_ARGUMENT instead."""
+    try:
+        return detect_pb2.DetectRequest.FromString(data)
+    except Exception:
+        return None
+
+
+def method_handlers(service: "DetectorService") -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler("detect.v1.Detector", {
+        "Detect": grpc.unary_unary_rpc_method_handler(
+            service.Detect, request_deserializer=parse_request,
+            response_serializer=detect_pb2.DetectResponse.SerializeToString),
+    })
 
 
 def validate_fields(request: detect_pb2.DetectRequest) -> None:
@@ -58,7 +75,7 @@ def build_response(result: triton_aio.InferResult, model: DetectorModel, info: I
     return out
 
 
-class DetectorService(detect_pb2_grpc.DetectorServicer):
+class DetectorService:
     def __init__(self, config: ProxyConfig, pool: TritonPool, catalogue: Catalogue,
                  telemetry: Telemetry) -> None:
         self._config = config
@@ -68,9 +85,14 @@ class DetectorService(detect_pb2_grpc.DetectorServicer):
         self._telemetry = telemetry
         self._in_flight = 0
 
-    async def Detect(self, request: detect_pb2.DetectRequest,
+    async def Detect(self, request: detect_pb2.DetectRequest | None,
                      context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         start = time.perf_counter()
+        if request is None:
+            self._telemetry.rejected.add(1, {"reason": "malformed_request"})
+            self._telemetry.record_call("", grpc.StatusCode.INVALID_ARGUMENT.name, 0.0)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "request body is not a valid detect.v1.DetectRequest")
         model_name = request.model or self._config.default_model
         code = grpc.StatusCode.OK
         if self._in_flight >= self._config.max_in_flight:

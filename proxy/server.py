@@ -10,11 +10,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect.v1 import detect_pb2
 
 from .catalogue import Catalogue
 from .config import ProxyConfig
-from .detector import DetectorService
+from .detector import DetectorService, method_handlers
 from .health import ReadinessWatcher
 from .pool import TritonPool
 from .telemetry import Telemetry
@@ -43,8 +43,8 @@ class DetectProxy:
         self.address = ""
 
     async def start(self) -> None:
-        detect_pb2_grpc.add_DetectorServicer_to_server(
-            DetectorService(self.config, self.pool, self.catalogue, self.telemetry), self.server)
+        self.server.add_generic_rpc_handlers((method_handlers(
+            DetectorService(self.config, self.pool, self.catalogue, self.telemetry)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [DETECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)

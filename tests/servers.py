@@ -91,3 +91,56 @@ def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
             "--grpc-port", str(port), *flags]
     with running(args, tmp_path / f"localtriton-{port}.log", lambda: localtriton_ready(url)) as proc:
         yield url, proc
+
+
+def health_status(target: str, service: str = "", timeout: float = 2.0) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+
+
+def serving(target: str) -> bool:
+    from grpc_health.v1 import health_pb2
+
+    return health_status(target) == health_pb2.HealthCheckResponse.SERVING
+
+
+@contextlib.contextmanager
+def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
+          metrics_port: int | None = None, wait_serving: bool = True) -> Iterator[tuple[str, Process]]:
+    """A real ``python -m proxy`` in front of ``triton_url``; ready once health says SERVING."""
+    port = port or free_port()
+    target = f"127.0.0.1:{port}"
+    args = [sys.executable, "-m", "proxy", "--listen", target, "--triton-url", triton_url,
+            "--metrics-port", str(metrics_port or 0), *flags]
+    ready = (lambda: serving(target)) if wait_serving else (lambda: health_status(target) >= 0)
+    with running(args, tmp_path / f"proxy-{port}.log", ready) as proc:
+        yield target, proc
+
+
+def tcp_peers(pid: int, remote_port: int) -> int:
+    """Established TCP connections owned by process ``pid`` to ``remote_port`` on loopback."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            remote, state, inode = parts[2], parts[3], parts[9]
+            if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                count += 1
+    return count
