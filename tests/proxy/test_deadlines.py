@@ -1,0 +1,36 @@
+"""The caller's deadline bounds the upstream call."""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+
+import grpc
+import pytest
+from PIL import Image
+
+from detect.v1 import detect_pb2
+
+
+@pytest.fixture(scope="module")
+def slow_image(images) -> bytes:
+    """A 12-megapixel JPEG: decoding and resizing it takes far longer than 50 ms."""
+    image = Image.open(BytesIO(images["astronaut.png"])).convert("RGB").resize((4000, 3000))
+    buffer = BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_short_deadline_is_deadline_exceeded_promptly(detector, slow_image):
+    request = detect_pb2.DetectRequest(image=slow_image)
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        detector.Detect(request, timeout=0.05)
+    elapsed = time.monotonic() - start
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 0.5
+
+
+def test_generous_deadline_succeeds(detector, slow_image):
+    response = detector.Detect(detect_pb2.DetectRequest(image=slow_image), timeout=30)
+    assert (response.image_width, response.image_height) == (4000, 3000)

@@ -1,0 +1,51 @@
+"""The proxy's Prometheus metrics move exactly as calls are made."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import grpc
+import pytest
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
+from servers import free_port, proxy
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$')
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+            samples.append((match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return sum(v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items()))
+
+
+def test_counts_by_code(tmp_path, triton_url, images):
+    metrics_port = free_port()
+    with proxy(tmp_path, triton_url, metrics_port=metrics_port) as (target, _):
+        with grpc.insecure_channel(target) as channel:
+            stub = detect_pb2_grpc.DetectorStub(channel)
+            for _ in range(3):
+                stub.Detect(detect_pb2.DetectRequest(image=images["coffee.png"]), timeout=10)
+            for bad in (b"", b"nope"):
+                with pytest.raises(grpc.RpcError):
+                    stub.Detect(detect_pb2.DetectRequest(image=bad), timeout=10)
+        samples = scrape(metrics_port)
+    calls = "rpc_server_duration_milliseconds_count"
+    assert value(samples, calls, rpc_grpc_status_code="OK", rpc_method="Detect",
+                 model="face_detector") == 3
+    assert value(samples, calls, rpc_grpc_status_code="INVALID_ARGUMENT") == 2
+    assert value(samples, "detect_upstream_duration_milliseconds_count",
+                 rpc_grpc_status_code="OK") == 3
+    assert value(samples, "detect_rejected_total", reason="invalid_image") == 2
+    assert value(samples, "detect_image_size_bytes_count") == 5
+    assert value(samples, "detect_in_flight") == 0

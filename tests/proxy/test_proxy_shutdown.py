@@ -1,0 +1,29 @@
+"""SIGTERM with 32 calls in flight: NOT_SERVING, then every call completes, then exit 0."""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
+from servers import proxy
+
+
+def test_sigterm_during_32_in_flight_calls(tmp_path, triton_url, images):
+    with proxy(tmp_path, triton_url) as (target, proc):
+        with grpc.insecure_channel(target) as channel:
+            stub = detect_pb2_grpc.DetectorStub(channel)
+            request = detect_pb2.DetectRequest(image=images["astronaut.png"])
+            with ThreadPoolExecutor(32) as pool:
+                futures = [pool.submit(stub.Detect, request, timeout=60) for _ in range(32)]
+                time.sleep(0.3)
+                assert sum(f.done() for f in futures) < 32, "calls finished before SIGTERM"
+                proc.popen.send_signal(signal.SIGTERM)
+                results = [f.result() for f in futures]
+        assert all(len(r.detections) == 1 for r in results)
+        assert proc.popen.wait(30) == 0
+        log = proc.log()
+        assert "draining" in log and "stopped" in log
