@@ -62,9 +62,13 @@ class DetectProxy:
                  self.address, self.config.triton_url, len(self.pool))
 
     async def stop(self) -> None:
-        """NOT_SERVING first so balancers stop sending, then drain, then close the pool."""
+        """NOT_SERVING first, keep serving until balancers have noticed, then stop
+        accepting, let in-flight calls finish, and close the pool."""
         await self.watcher.stop()
         await self.health.enter_graceful_shutdown()
+        log.info("NOT_SERVING; draining for %.1fs before closing the listener",
+                 self.config.drain_delay_s)
+        await asyncio.sleep(self.config.drain_delay_s)
         await self.server.stop(self.config.shutdown_grace_s)
         await self.pool.close()
         self.telemetry.shutdown()
@@ -79,5 +83,5 @@ async def run(config: ProxyConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("signal received; draining for up to %.0fs", config.shutdown_grace_s)
+    log.info("signal received; shutting down gracefully")
     await proxy.stop()

@@ -1,4 +1,5 @@
-"""SIGTERM with 32 calls in flight: NOT_SERVING, then every call completes, then exit 0."""
+"""SIGTERM with 32 calls in flight: NOT_SERVING at once, every call completes (and calls
+arriving during the drain delay too), then exit 0."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import proxy
+from grpc_health.v1 import health_pb2
+
+from servers import health_status, proxy
 
 
 def test_sigterm_during_32_in_flight_calls(tmp_path, triton_url, images):
@@ -22,7 +25,13 @@ def test_sigterm_during_32_in_flight_calls(tmp_path, triton_url, images):
                 time.sleep(0.3)
                 assert sum(f.done() for f in futures) < 32, "calls finished before SIGTERM"
                 proc.popen.send_signal(signal.SIGTERM)
-                results = [f.result() for f in futures]
+                deadline = time.monotonic() + 1
+                while health_status(target) != health_pb2.HealthCheckResponse.NOT_SERVING:
+                    assert time.monotonic() < deadline, "health still SERVING after SIGTERM"
+                    time.sleep(0.02)
+                # While balancers take it out of rotation, it keeps answering new calls.
+                late = stub.Detect(request, timeout=60)
+                results = [f.result() for f in futures] + [late]
         assert all(len(r.detections) == 1 for r in results)
         assert proc.popen.wait(30) == 0
         log = proc.log()

@@ -1,0 +1,406 @@
+"""Render Envoy's configuration from a few parameters, and validate it with Envoy itself.
+
+One Envoy process has three parts:
+- the front listener (TLS, optionally mTLS with an RBAC allowlist; local rate limits, a
+  global bucket and one per client; request size limit; route timeout from grpc-timeout
+  with a maximum; grpc_stats; JSON access log; x-request-id), routing to the proxy cluster;
+- the Triton egress listener on loopback for the proxies (retries with a budget, per-try
+  timeout, outlier detection, circuit breakers, active gRPC health checks, keepalive);
+- the admin interface, on loopback only.
+
+The output is JSON, which Envoy reads as YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from certs import client_identity  # noqa: E402  (sibling script, not a package)
+
+RUNTIME_GLOBAL_TOKENS = "detect.ratelimit.global.tokens_per_second"
+RUNTIME_CLIENT_TOKENS = "detect.ratelimit.client.tokens_per_second"
+
+
+@dataclass
+class StackConfig:
+    proxies: list[str]
+    tritons: list[str]
+    cert_dir: Path
+    front_address: str = "127.0.0.1"
+    front_port: int = 8443
+    egress_port: int = 8001
+    admin_port: int = 9901
+    mtls: bool = False
+    allowed_clients: list[str] = field(default_factory=lambda: ["alpha", "beta"])
+    global_rps: int = 1000
+    global_burst: int = 2000
+    client_rps: int = 200
+    client_burst: int = 400
+    max_request_bytes: int = 9 * 1024 * 1024
+    max_grpc_timeout_s: float = 30.0
+    per_try_timeout_s: float = 5.0
+    num_retries: int = 2
+    triton_keepalive_interval_s: int = 60
+    triton_keepalive_timeout_s: int = 20
+    health_interval_ms: int = 1000
+    access_log: str = "/dev/stdout"
+
+
+def _address(host_port: str) -> dict:
+    host, port = host_port.rsplit(":", 1)
+    return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _http2_cluster_options(keepalive: dict | None = None) -> dict:
+    http2: dict = {"max_concurrent_streams": 1024,
+                   "initial_stream_window_size": 1 << 20,
+                   "initial_connection_window_size": 16 << 20}
+    if keepalive:
+        http2["connection_keepalive"] = keepalive
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": http2}}}
+
+
+def _grpc_health_check(service: str, interval_ms: int) -> list[dict]:
+    return [{
+        "timeout": "1s",
+        "interval": f"{interval_ms / 1000:g}s",
+        "no_traffic_interval": f"{interval_ms / 1000:g}s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "grpc_health_check": {"service_name": service},
+    }]
+
+
+def _cluster(name: str, hosts: list[str], health_service: str, interval_ms: int,
+             keepalive: dict | None = None) -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "typed_extension_protocol_options": _http2_cluster_options(keepalive),
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": _address(h)}} for h in hosts]}]},
+        "health_checks": _grpc_health_check(health_service, interval_ms),
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+    }
+
+
+def _access_log(path: str, name: str) -> list[dict]:
+    return [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path,
+        "log_format": {"json_format": {
+            "time": "%START_TIME%",
+            "listener": name,
+            "request_id": "%REQ(X-REQUEST-ID)%",
+            "method": "%REQ(:PATH)%",
+            "grpc_status": "%GRPC_STATUS%",
+            "http_status": "%RESPONSE_CODE%",
+            "flags": "%RESPONSE_FLAGS%",
+            "duration_ms": "%DURATION%",
+            "bytes_in": "%BYTES_RECEIVED%",
+            "bytes_out": "%BYTES_SENT%",
+            "client": "%REQ(X-CLIENT-ID)%",
+            "peer": "%DOWNSTREAM_REMOTE_ADDRESS%",
+            "upstream": "%UPSTREAM_HOST%",
+            "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        }}}}]
+
+
+def _hcm(name: str, routes: list[dict], filters: list[dict], access_log: str,
+         edge: bool) -> dict:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "codec_type": "HTTP2" if not edge else "AUTO",
+            "use_remote_address": edge,
+            "generate_request_id": True,
+            "preserve_external_request_id": True,
+            "http2_protocol_options": {"max_concurrent_streams": 1024,
+                                       "initial_stream_window_size": 1 << 20,
+                                       "initial_connection_window_size": 16 << 20},
+            "stream_idle_timeout": "300s",
+            "access_log": _access_log(access_log, name),
+            "route_config": {"name": name, "virtual_hosts": [
+                {"name": name, "domains": ["*"], "routes": routes}]},
+            "http_filters": filters + [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        },
+    }
+
+
+def _tls_context(config: StackConfig) -> dict:
+    certs = config.cert_dir
+    common: dict = {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2",
+                       "tls_maximum_protocol_version": "TLSv1_3"},
+        "alpn_protocols": ["h2"],
+        "tls_certificates": [{"certificate_chain": {"filename": str(certs / "server.crt")},
+                              "private_key": {"filename": str(certs / "server.key")}}],
+    }
+    context: dict = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if config.mtls:
+        common["validation_context"] = {"trusted_ca": {"filename": str(certs / "ca.crt")}}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _front_routes(config: StackConfig) -> list[dict]:
+    route = {
+            "cluster": "detect_proxy",
+            # The caller's grpc-timeout sets the route timeout, capped at the maximum; calls
+            # without one get the maximum.
+            "timeout": _duration(config.max_grpc_timeout_s),
+            "max_stream_duration": {"grpc_timeout_header_max": _duration(config.max_grpc_timeout_s)},
+            # Only failures that prove the call never reached a proxy are retried here.
+            "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2,
+                             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+                             "host_selection_retry_max_attempts": 3},
+    }
+    no_buffer = {"envoy.filters.http.buffer": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+        "disabled": True}}
+    return [
+        # Unary Detect calls are buffered whole, which enforces the request size limit.
+        {"match": {"prefix": "/detect.v1.Detector/", "grpc": {}}, "route": route},
+        # Streaming RPCs (reflection, health Watch) must not be buffered.
+        {"match": {"prefix": "/", "grpc": {}}, "route": route,
+         "typed_per_filter_config": no_buffer},
+    ]
+
+
+def _egress_routes(config: StackConfig) -> list[dict]:
+    return [{
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": "triton",
+            "timeout": _duration(config.max_grpc_timeout_s),
+            "max_stream_duration": {"grpc_timeout_header_max": _duration(config.max_grpc_timeout_s)},
+            "retry_policy": {
+                # Safe to retry: the call failed before Triton answered it.
+                "retry_on": "unavailable,reset,connect-failure,refused-stream",
+                "num_retries": config.num_retries,
+                "per_try_timeout": _duration(config.per_try_timeout_s),
+                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+                "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
+    }]
+
+
+def _triton_cluster(config: StackConfig) -> dict:
+    keepalive = {"interval": f"{config.triton_keepalive_interval_s}s",
+                 "timeout": f"{config.triton_keepalive_timeout_s}s"}
+    cluster = _cluster("triton", config.tritons, "", config.health_interval_ms, keepalive)
+    cluster["outlier_detection"] = {
+        "consecutive_5xx": 5,
+        "consecutive_gateway_failure": 2,
+        "interval": "1s",
+        "base_ejection_time": "5s",
+        "max_ejection_percent": 50,
+    }
+    cluster["circuit_breakers"] = {"thresholds": [{
+        "priority": "DEFAULT",
+        "max_connections": 64,
+        "max_pending_requests": 1024,
+        "max_requests": 1024,
+        "max_retries": 64,
+        "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 8},
+    }]}
+    return cluster
+
+
+def _proxy_cluster(config: StackConfig) -> dict:
+    cluster = _cluster("detect_proxy", config.proxies, "detect.v1.Detector",
+                       config.health_interval_ms)
+    cluster["circuit_breakers"] = {"thresholds": [{
+        "priority": "DEFAULT", "max_connections": 1024, "max_pending_requests": 4096,
+        "max_requests": 4096, "max_retries": 64}]}
+    return cluster
+
+
+# Stricter limit tiers an operator can switch on at run time (runtime key = 100), as a
+# fraction of the configured limits. Token buckets themselves are fixed at start-up in
+# Envoy, so run-time changes select among these pre-rendered tiers.
+TIERS = {"reduced": 0.25, "lockdown": 0.05}
+RUNTIME_ENFORCED = "detect.ratelimit.enforced"
+
+
+def tier_key(tier: str) -> str:
+    return f"detect.ratelimit.{tier}"
+
+
+def _bucket(rps: int, burst: int) -> dict:
+    return {"max_tokens": max(burst, 1), "tokens_per_fill": max(rps, 1), "fill_interval": "1s"}
+
+
+def _rate_limit_filter(name: str, global_rps: int, global_burst: int, client_rps: int,
+                       client_burst: int, enabled_key: str, enabled_default: int) -> dict:
+    """A global bucket, plus one bucket per distinct x-client-id (created on first use)."""
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": name,
+        "rate_limited_as_resource_exhausted": True,
+        "token_bucket": _bucket(global_rps, global_burst),
+        "filter_enabled": {"runtime_key": enabled_key,
+                           "default_value": {"numerator": enabled_default, "denominator": "HUNDRED"}},
+        "filter_enforced": {"runtime_key": RUNTIME_ENFORCED,
+                            "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "rate_limits": [{"actions": [{"request_headers": {
+            "header_name": "x-client-id", "descriptor_key": "client", "skip_if_absent": True}}]}],
+        "descriptors": [{"entries": [{"key": "client"}],
+                         "token_bucket": _bucket(client_rps, client_burst)}],
+        "max_dynamic_descriptors": 10000,
+        "response_headers_to_add": [{"header": {"key": "x-ratelimit-tier", "value": name},
+                                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+    }}
+
+
+def _front_filters(config: StackConfig) -> list[dict]:
+    filters: list[dict] = []
+    if config.mtls:
+        # The verified certificate, not a header the caller could forge, names the client.
+        filters.append({"name": "envoy.filters.http.header_mutation", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"append": {
+                "header": {"key": "x-client-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}}})
+        filters.append({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {"allowed-clients": {
+                "permissions": [{"any": True}],
+                "principals": [{"authenticated": {"principal_name": {"exact": client_identity(c)}}}
+                               for c in config.allowed_clients]}}}}})
+    filters.append(_rate_limit_filter(
+        "ratelimit_standard", config.global_rps, config.global_burst, config.client_rps,
+        config.client_burst, "detect.ratelimit.standard", 100))
+    for tier, fraction in TIERS.items():
+        filters.append(_rate_limit_filter(
+            f"ratelimit_{tier}", int(config.global_rps * fraction),
+            int(config.global_burst * fraction), int(config.client_rps * fraction),
+            int(config.client_burst * fraction), tier_key(tier), 0))
+    filters.append({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": config.max_request_bytes}})
+    filters.append({"name": "envoy.filters.http.grpc_stats", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+        "stats_for_all_methods": True,
+        "enable_upstream_stats": True,
+        "emit_filter_state": True}})
+    return filters
+
+
+def render(config: StackConfig) -> dict:
+    front = {
+        "name": "front",
+        "address": _address(f"{config.front_address}:{config.front_port}"),
+        "per_connection_buffer_limit_bytes": 1 << 20,
+        "filter_chains": [{
+            "filters": [_hcm("front", _front_routes(config), _front_filters(config),
+                             config.access_log, edge=True)],
+            "transport_socket": _tls_context(config),
+        }],
+    }
+    egress = {
+        "name": "triton_egress",
+        "address": _address(f"127.0.0.1:{config.egress_port}"),
+        "filter_chains": [{"filters": [
+            _hcm("triton_egress", _egress_routes(config), [], config.access_log, edge=False)]}],
+    }
+    return {
+        "node": {"id": "detect-edge", "cluster": "detect"},
+        "admin": {"address": _address(f"127.0.0.1:{config.admin_port}"),
+                  "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+                      "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                      "path": "/dev/null"}}]},
+        "static_resources": {
+            "listeners": [front, egress],
+            "clusters": [_proxy_cluster(config), _triton_cluster(config)],
+        },
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000}}]},
+        "layered_runtime": {"layers": [
+            {"name": "static", "static_layer": {
+                "detect.ratelimit.standard": 100,
+                RUNTIME_ENFORCED: 100,
+                **{tier_key(t): 0 for t in TIERS}}},
+            {"name": "admin", "admin_layer": {}},
+        ]},
+    }
+
+
+def validate(path: Path, envoy: str = "envoy") -> None:
+    """Envoy's own check: the same binary parses and instantiates the whole config."""
+    result = subprocess.run([envoy, "--mode", "validate", "-c", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"envoy rejected {path}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = StackConfig(proxies=[], tritons=[], cert_dir=Path("build/certs"))
+    p = argparse.ArgumentParser(description="Render (and validate) Envoy's configuration.")
+    p.add_argument("--out", type=Path, default=Path("build/envoy/envoy.yaml"))
+    p.add_argument("--proxy", action="append", required=True, help="proxy host:port (repeatable)")
+    p.add_argument("--triton", action="append", required=True,
+                   help="Triton replica host:port (repeatable)")
+    p.add_argument("--cert-dir", type=Path, default=d.cert_dir)
+    p.add_argument("--front-address", default=d.front_address)
+    p.add_argument("--front-port", type=int, default=d.front_port)
+    p.add_argument("--egress-port", type=int, default=d.egress_port)
+    p.add_argument("--admin-port", type=int, default=d.admin_port)
+    p.add_argument("--mtls", action="store_true", help="require client certificates + RBAC")
+    p.add_argument("--allow-client", action="append", dest="allowed_clients",
+                   help=f"client identity allowed in mTLS mode (repeatable; default: "
+                        f"{', '.join(d.allowed_clients)})")
+    for name in ("global_rps", "global_burst", "client_rps", "client_burst",
+                 "max_request_bytes", "num_retries", "triton_keepalive_interval_s",
+                 "triton_keepalive_timeout_s", "health_interval_ms"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("max_grpc_timeout_s", "per_try_timeout_s"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--access-log", default=d.access_log)
+    p.add_argument("--envoy", default=str(Path(sys.executable).parent / "envoy"),
+                   help="envoy binary used for validation")
+    p.add_argument("--no-validate", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    values = {k: v for k, v in vars(args).items()
+              if k not in ("out", "envoy", "no_validate", "proxy", "triton") and v is not None}
+    config = StackConfig(proxies=args.proxy, tritons=args.triton, **values)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(render(config), indent=2) + "\n")
+    if not args.no_validate:
+        validate(args.out, args.envoy)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
