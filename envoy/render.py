@@ -224,8 +224,10 @@ def _triton_cluster(config: StackConfig) -> dict:
         "max_connections": 64,
         "max_pending_requests": 1024,
         "max_requests": 1024,
-        "max_retries": 64,
-        "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 8},
+        # When a replica dies, every call it held is retried at once, and those calls no
+        # longer count as active: the budget must cover as many retries as there are calls
+        # left in flight. It still caps retries at doubling the load on the survivors.
+        "retry_budget": {"budget_percent": {"value": 100.0}, "min_retry_concurrency": 64},
     }]}
     return cluster
 

@@ -1,0 +1,83 @@
+"""Traffic reaches every proxy process and every Triton replica; failures stay invisible."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import tritonclient.grpc as grpcclient
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
+from stack import host_counter, stack
+
+
+def _inferences(url: str) -> int:
+    with grpcclient.InferenceServerClient(url) as client:
+        return client.get_inference_statistics("face_detector").model_stats[0].inference_count
+
+
+def test_every_proxy_and_replica_gets_traffic_over_one_client_connection(edge, images):
+    before_proxies = host_counter(edge.envoy.admin_port, "detect_proxy")
+    before_tritons = {url: _inferences(url) for url, _ in edge.tritons}
+    with edge.envoy.channel() as channel:  # a single HTTP/2 connection from the caller
+        stub = detect_pb2_grpc.DetectorStub(channel)
+        request = detect_pb2.DetectRequest(image=images["coffee.png"])
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda _: stub.Detect(request, timeout=30), range(48)))
+    assert len(results) == 48
+    after_proxies = host_counter(edge.envoy.admin_port, "detect_proxy")
+    per_proxy = {h: after_proxies[h] - before_proxies.get(h, 0) for h in after_proxies}
+    assert len(per_proxy) == 2 and all(n > 0 for n in per_proxy.values()), per_proxy
+    per_triton = {url: _inferences(url) - before_tritons[url] for url, _ in edge.tritons}
+    assert all(n > 0 for n in per_triton.values()), per_triton
+    assert sum(per_triton.values()) == 48
+
+
+def _load(target_channel, request, calls: int, workers: int, stop_at: threading.Event | None = None):
+    stub = detect_pb2_grpc.DetectorStub(target_channel)
+    failures: list[str] = []
+
+    def one(_):
+        try:
+            stub.Detect(request, timeout=60)
+        except grpc.RpcError as err:
+            failures.append(f"{err.code().name}: {err.details()}")
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(calls)))
+    return failures
+
+
+# 300 calls queue for seconds on a CPU backend: the per-try timeout must cover the queue.
+QUEUEING = dict(per_try_timeout_s=60.0)
+
+
+def test_kill_9_of_a_replica_under_300_concurrent_calls(tmp_path, images):
+    with stack(tmp_path, **QUEUEING) as s:
+        request = detect_pb2.DetectRequest(image=images["coffee.png"])
+        with s.envoy.channel() as channel:
+            killer = threading.Timer(1.5, lambda: s.tritons[0][1].stop(signal.SIGKILL))
+            killer.start()
+            start = time.monotonic()
+            failures = _load(channel, request, calls=300, workers=300)
+            killer.join()
+        assert s.tritons[0][1].popen.returncode == -signal.SIGKILL
+        assert time.monotonic() - start > 1.5, "the load finished before the kill"
+        assert failures == []
+
+
+def test_draining_a_proxy_fails_no_call(tmp_path, images):
+    with stack(tmp_path) as s:
+        request = detect_pb2.DetectRequest(image=images["coffee.png"])
+        draining = s.proxies[0][1]
+        with s.envoy.channel() as channel:
+            timer = threading.Timer(1.0, lambda: draining.popen.send_signal(signal.SIGTERM))
+            timer.start()
+            failures = _load(channel, request, calls=200, workers=32)
+            timer.join()
+        assert draining.popen.wait(30) == 0
+        assert failures == []
+        assert "NOT_SERVING" in draining.log()
