@@ -6,10 +6,21 @@ STAMP  := $(VENV)/.installed
 MODEL  := model_repository/centerface/1/model.onnx
 IMAGES := build/testdata/astronaut.png
 STUBS  := detect/v1/detect_pb2_grpc.py
-PORT   ?= 8101
 PYTEST_ARGS ?=
+CERTS  := build/certs/server.crt
 
-.PHONY: all venv protos models testdata run test clean
+# Ports of `make run` (override on the command line, e.g. `make run FRONT_PORT=9443`).
+export FRONT_PORT ?= 8443
+export ADMIN_PORT ?= 9901
+export EGRESS_PORT ?= 8001
+export TRITON1_PORT ?= 8101
+export TRITON2_PORT ?= 8102
+export PROXY1_PORT ?= 50051
+export PROXY2_PORT ?= 50052
+export PROXY1_METRICS_PORT ?= 9464
+export PROXY2_METRICS_PORT ?= 9465
+
+.PHONY: all venv protos models testdata certs envoy-config run test clean
 
 all: venv protos models
 
@@ -40,10 +51,23 @@ $(IMAGES): tests/fetch_testdata.py | $(STAMP)
 
 testdata: $(IMAGES)
 
-run: venv protos models
-	@echo "localtriton on 127.0.0.1:$(PORT); try, in another shell:"
-	@echo "  $(BIN)/python -c \"import tritonclient.grpc as t; print(t.InferenceServerClient('127.0.0.1:$(PORT)').get_model_repository_index())\""
-	$(BIN)/python -m localtriton --model-repository model_repository --grpc-port $(PORT)
+# A development PKI (CA, server and client certificates); never committed.
+$(CERTS): envoy/certs.py | $(STAMP)
+	$(BIN)/python envoy/certs.py --out build/certs
+
+certs: $(CERTS)
+
+# Envoy's configuration for `make run`, rendered from the ports above and validated by Envoy.
+envoy-config: venv certs
+	$(BIN)/python envoy/render.py --out build/envoy/envoy.yaml \
+	  --front-port $(FRONT_PORT) --admin-port $(ADMIN_PORT) --egress-port $(EGRESS_PORT) \
+	  --proxy 127.0.0.1:$(PROXY1_PORT) --proxy 127.0.0.1:$(PROXY2_PORT) \
+	  --triton 127.0.0.1:$(TRITON1_PORT) --triton 127.0.0.1:$(TRITON2_PORT) \
+	  --access-log build/envoy/access.log
+
+# The whole stack: localtriton x2, proxy x2, Envoy; Ctrl-C stops all of it.
+run: venv protos models testdata envoy-config
+	$(BIN)/honcho --procfile Procfile --app-root . start
 
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
 test: venv protos models testdata

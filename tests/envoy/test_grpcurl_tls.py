@@ -36,6 +36,6 @@ def test_detect(edge, images):
 
 
 def test_plaintext_grpcurl_fails(edge):
-    out = subprocess.run([GRPCURL, "-plaintext", edge.envoy.front, "list"], capture_output=True,
+    out = subprocess.run([GRPCURL, "-plaintext", "-connect-timeout", "2", edge.envoy.front, "list"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0
