@@ -75,7 +75,9 @@ def _http2_cluster_options(keepalive: dict | None = None) -> dict:
 
 def _grpc_health_check(service: str, interval_ms: int) -> list[dict]:
     return [{
-        "timeout": "1s",
+        # Generous against a busy host's scheduling hiccups; a NOT_SERVING answer still
+        # takes the host out at the first check.
+        "timeout": f"{2 * interval_ms / 1000:g}s",
         "interval": f"{interval_ms / 1000:g}s",
         "no_traffic_interval": f"{interval_ms / 1000:g}s",
         "unhealthy_threshold": 1,
@@ -284,7 +286,9 @@ def _front_filters(config: StackConfig) -> list[dict]:
         # The verified certificate, not a header the caller could forge, names the client.
         filters.append({"name": "envoy.filters.http.header_mutation", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {"request_mutations": [{"append": {
+            # Remove first: a certificate without a URI SAN substitutes nothing, which would
+            # otherwise leave a caller-supplied header in place.
+            "mutations": {"request_mutations": [{"remove": "x-client-id"}, {"append": {
                 "header": {"key": "x-client-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}}})
         filters.append({"name": "envoy.filters.http.rbac", "typed_config": {

@@ -26,6 +26,7 @@ class ReadinessWatcher:
         self._model = model
         self._interval = interval_s
         self.serving: bool | None = None
+        self.drained = False
         self._task: asyncio.Task | None = None
 
     async def check(self) -> tuple[bool, str]:
@@ -42,6 +43,8 @@ class ReadinessWatcher:
 
     async def update(self) -> None:
         ok, why = await self.check()
+        if self.drained:
+            ok, why = False, "drained by the operator (SIGUSR2 resumes)"
         if ok != self.serving:
             self.serving = ok
             for service in SERVICES:
@@ -53,6 +56,11 @@ class ReadinessWatcher:
         while True:
             await self.update()
             await asyncio.sleep(self._interval)
+
+    def set_drained(self, drained: bool) -> None:
+        """Operator drain: report NOT_SERVING while still serving whatever arrives."""
+        self.drained = drained
+        asyncio.get_running_loop().create_task(self.update())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

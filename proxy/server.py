@@ -82,6 +82,9 @@ async def run(config: ProxyConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Drain without exiting (health NOT_SERVING, calls still served) and resume.
+    loop.add_signal_handler(signal.SIGUSR1, proxy.watcher.set_drained, True)
+    loop.add_signal_handler(signal.SIGUSR2, proxy.watcher.set_drained, False)
     await stop.wait()
     log.info("signal received; shutting down gracefully")
     await proxy.stop()

@@ -11,7 +11,12 @@ import grpc
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from servers import health_status
 from stack import host_counter, stack
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _inferences(url: str) -> int:
@@ -81,3 +86,41 @@ def test_draining_a_proxy_fails_no_call(tmp_path, images):
         assert draining.popen.wait(30) == 0
         assert failures == []
         assert "NOT_SERVING" in draining.log()
+
+
+def test_operator_drain_and_resume_through_health(tmp_path, images):
+    with stack(tmp_path) as s:
+        request = detect_pb2.DetectRequest(image=images["coffee.png"])
+        target, drained = s.proxies[0]
+        host = target
+        admin = s.envoy.admin_port
+        drained.popen.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while health_status(target) != NOT_SERVING:
+            assert time.monotonic() < deadline, "proxy did not report the drain"
+            time.sleep(0.05)
+        # Envoy's next health check (every second) sees it; give it two.
+        time.sleep(2.2)
+        assert "failed_active_hc" in _health_flags(admin, host)
+        before = host_counter(admin, "detect_proxy")[host]
+        with s.envoy.channel() as channel:
+            assert _load(channel, request, calls=40, workers=8) == []
+        assert host_counter(admin, "detect_proxy")[host] == before, "drained proxy got calls"
+        drained.popen.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 5
+        while "failed_active_hc" in _health_flags(admin, host):
+            assert time.monotonic() < deadline, "proxy did not come back"
+            time.sleep(0.05)
+        with s.envoy.channel() as channel:
+            assert _load(channel, request, calls=40, workers=8) == []
+        assert host_counter(admin, "detect_proxy")[host] > before
+        assert "drained by the operator" in drained.log()
+
+
+def _health_flags(admin_port: int, host: str) -> str:
+    from stack import admin_get
+
+    for line in admin_get(admin_port, "/clusters").splitlines():
+        if line.startswith(f"detect_proxy::{host}::health_flags::"):
+            return line.rsplit("::", 1)[1]
+    return ""
