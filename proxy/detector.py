@@ -147,8 +147,11 @@ class DetectorService:
         outcome = "OK"
         try:
             with self._pool.lease() as client:
+                # The id travels both as Triton's request id and as the header that Envoy's
+                # egress logs, so one id follows the call through every hop.
                 return await client.infer(model.name, [tensor], outputs=list(model.outputs),
-                                          request_id=request_id, client_timeout=timeout_s)
+                                          request_id=request_id, client_timeout=timeout_s,
+                                          headers={"x-request-id": request_id} if request_id else None)
         except InferenceServerException as exc:
             outcome = exc.status() or "UNKNOWN"
             if is_unknown_model(exc):

@@ -105,7 +105,7 @@ def envoy(tmp_path: Path, certs: Path, proxies: list[str], tritons: list[str],
                 and (not proxies or healthy_hosts(admin_port, "detect_proxy") == len(proxies)))
 
     args = [envoy_bin, "-c", str(path), "--log-level", "warn",
-            "--base-id", str(front_port), "--concurrency", "2"]
+            "--base-id", str(front_port), "--concurrency", "2", "--file-flush-interval-msec", "200"]
     with running(args, tmp_path / f"envoy-{front_port}.log", ready) as proc:
         yield Envoy(f"127.0.0.1:{front_port}", admin_port, egress_port, certs, proc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
@@ -51,8 +52,13 @@ def test_client_identity_comes_from_the_certificate_not_a_header(mtls, images):
         detect_pb2_grpc.DetectorStub(channel).Detect(
             detect_pb2.DetectRequest(image=images["coffee.png"]), timeout=10,
             metadata=[("x-client-id", "spoofed")])
-    log = (mtls.process.log_path.parent / f"access-{mtls.front.rsplit(':', 1)[1]}.log").read_text()
-    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    clients = {e["client"] for e in entries if e["listener"] == "front"}
+    path = mtls.process.log_path.parent / f"access-{mtls.front.rsplit(':', 1)[1]}.log"
+    deadline = time.monotonic() + 5  # Envoy flushes access logs periodically
+    while True:
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        clients = {e["client"] for e in entries if e["listener"] == "front"}
+        if "spiffe://detect.local/client/alpha" in clients or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "spiffe://detect.local/client/alpha" in clients
     assert "spoofed" not in clients
