@@ -21,3 +21,15 @@ def test_plaintext_is_refused(edge, images):
             detect_pb2_grpc.DetectorStub(channel).Detect(
                 detect_pb2.DetectRequest(image=images["astronaut.png"]), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_request_size_limit_at_the_front_door(edge):
+    from stack import host_counter
+
+    before = sum(host_counter(edge.envoy.admin_port, "detect_proxy").values())
+    with edge.envoy.channel() as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            detect_pb2_grpc.DetectorStub(channel).Detect(
+                detect_pb2.DetectRequest(image=b"\x89PNG" + b"\x00" * (10 << 20)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNKNOWN  # Envoy's 413, as gRPC maps it
+    assert sum(host_counter(edge.envoy.admin_port, "detect_proxy").values()) == before
