@@ -23,6 +23,7 @@ class Options:
     grpc_http2_max_pings_without_data: int
     grpc_http2_min_recv_ping_interval_without_data: int
     grpc_http2_max_ping_strikes: int
+    metrics_port: int
     exit_timeout_secs: float
     log_verbose: int
 
@@ -71,9 +72,14 @@ _FLAGS: list[tuple[str, object, object, str]] = [
      "sooner is a strike"),
     ("--grpc-http2-max-ping-strikes", int, 2,
      "strikes allowed before the server sends GOAWAY too_many_pings (0: unlimited)"),
+    ("--metrics-port", int, 0,
+     "port for Triton-compatible Prometheus metrics on the gRPC address (tritonserver "
+     "defaults to 8002; 0 here turns them off so that several replicas can share a host)"),
     ("--exit-timeout-secs", float, 30.0,
      "on SIGTERM/SIGINT, seconds to let in-flight requests finish before exiting"),
-    ("--log-verbose", int, 0, "verbose logging level (0: off, 1: per-request debug lines)"),
+    ("--log-verbose", int, 0,
+     "verbose logging level (0: off; 1: a line per inference request with its id and "
+     "trace context)"),
 ]
 
 

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from . import metrics
 from .options import Options
 from .repository import ModelRepository
 from .service import InferenceService
@@ -27,6 +28,7 @@ class LocalTriton:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=options.grpc_server_options())
         self.port = 0
+        self.metrics = None
 
     async def start(self) -> None:
         await self.repository.load()
@@ -42,6 +44,9 @@ class LocalTriton:
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.options.metrics_port:
+            self.metrics = metrics.serve(self.repository, self.options.grpc_address,
+                                         self.options.metrics_port)
         log.info("Started GRPCInferenceService at %s:%d serving %s",
                  self.options.grpc_address, self.port, ", ".join(self.repository.names()))
 
@@ -50,6 +55,8 @@ class LocalTriton:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.options.exit_timeout_secs)
         await self.repository.close()
+        if self.metrics:
+            self.metrics.shutdown()
         log.info("stopped")
 
 

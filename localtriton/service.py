@@ -132,6 +132,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context):
+        if log.isEnabledFor(logging.DEBUG):
+            headers = dict(context.invocation_metadata() or ())
+            log.debug("ModelInfer model=%s id=%s x-request-id=%s traceparent=%s",
+                      request.model_name, request.id, headers.get("x-request-id", ""),
+                      headers.get("traceparent", ""))
         model = await self._model(context, request.model_name, request.model_version)
         try:
             inputs = parse_inputs(request, model)

@@ -6,15 +6,14 @@ import asyncio
 import logging
 import sys
 
+from . import logs
 from .config import parse
 from .server import run
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse(argv)
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logs.setup(config.log_level)
     try:
         asyncio.run(run(config))
     except OSError as exc:

@@ -35,6 +35,7 @@ class ProxyConfig:
     drain_delay_s: float = 2.0
     shutdown_grace_s: float = 10.0
     metrics_port: int = 9464
+    trace_exporter: str = "none"
     log_level: str = "info"
 
     @property
@@ -62,7 +63,8 @@ HELP: dict[str, str] = {
                      "NOT_SERVING, so balancers stop sending before the listener closes",
     "shutdown_grace_s": "then, seconds in-flight calls get to finish",
     "metrics_port": "Prometheus metrics port on 127.0.0.1 (0 disables)",
-    "log_level": "debug, info, warning or error",
+    "trace_exporter": "where spans go: none (trace context is still forwarded) or console",
+    "log_level": "debug, info (a JSON line per call), warning or error",
 }
 
 

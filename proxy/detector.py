@@ -6,6 +6,7 @@ import logging
 import math
 import time
 
+from opentelemetry import trace
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
@@ -88,39 +89,55 @@ class DetectorService:
     async def Detect(self, request: detect_pb2.DetectRequest | None,
                      context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         start = time.perf_counter()
-        if request is None:
-            self._telemetry.rejected.add(1, {"reason": "malformed_request"})
-            self._telemetry.record_call("", grpc.StatusCode.INVALID_ARGUMENT.name, 0.0)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "request body is not a valid detect.v1.DetectRequest")
-        model_name = request.model or self._config.default_model
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = metadata.get("x-request-id", "")
+        model_name = (request.model if request else "") or self._config.default_model
         code = grpc.StatusCode.OK
-        if self._in_flight >= self._config.max_in_flight:
-            self._telemetry.rejected.add(1, {"reason": "max_in_flight"})
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            self._telemetry.record_call(model_name, code.name, 0.0)
-            await context.abort(code, f"proxy is at its limit of {self._config.max_in_flight} "
-                                      "calls in flight; retry with backoff")
+        message = ""
+        span = self._telemetry.tracer.start_span(
+            "detect.v1.Detector/Detect", context=self._telemetry.extract(metadata),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": "detect.v1.Detector",
+                        "rpc.method": "Detect", "detect.model": model_name,
+                        "detect.request_id": request_id})
         self._in_flight += 1
         self._telemetry.in_flight.add(1)
         try:
-            return await self._detect(request, model_name, context)
+            with trace.use_span(span, end_on_exit=False):
+                if request is None:
+                    self._telemetry.rejected.add(1, {"reason": "malformed_request"})
+                    raise _invalid("request body is not a valid detect.v1.DetectRequest")
+                if self._in_flight > self._config.max_in_flight:
+                    self._telemetry.rejected.add(1, {"reason": "max_in_flight"})
+                    raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     f"proxy is at its limit of {self._config.max_in_flight} "
+                                     "calls in flight; retry with backoff")
+                return await self._detect(request, model_name, request_id, context)
         except ProxyError as exc:
-            code = exc.code
-            log.info("Detect %s failed: %s %s", model_name, exc.code.name, exc.message)
-            await context.abort(exc.code, exc.message)
+            code, message = exc.code, exc.message
         except Exception:
-            code = grpc.StatusCode.INTERNAL
+            code, message = grpc.StatusCode.INTERNAL, "internal error in the detection proxy"
             log.exception("Detect %s failed unexpectedly", model_name)
-            await context.abort(code, "internal error in the detection proxy")
         finally:
             self._in_flight -= 1
             self._telemetry.in_flight.add(-1)
-            self._telemetry.record_call(model_name, code.name,
-                                        (time.perf_counter() - start) * 1000)
+            duration_ms = (time.perf_counter() - start) * 1000
+            self._telemetry.record_call(model_name, code, duration_ms)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != grpc.StatusCode.OK:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, message))
+            span.end()
+            if log.isEnabledFor(logging.INFO):
+                log.info("Detect", extra={"fields": {
+                    "request_id": request_id, "model": model_name, "code": code.name,
+                    "duration_ms": round(duration_ms, 3), "client": metadata.get("x-client-id", ""),
+                    "image_bytes": len(request.image) if request else 0,
+                    "trace_id": f"{span.get_span_context().trace_id:032x}",
+                    **({"error": message} if message else {})}})
+        await context.abort(code, message)
 
     async def _detect(self, request: detect_pb2.DetectRequest, model_name: str,
-                      context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
+                      request_id: str, context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         validate_fields(request)
         self._telemetry.image_size.record(len(request.image))
         try:
@@ -134,7 +151,6 @@ class DetectorService:
             remaining = self._config.upstream_timeout_ms / 1000
         elif remaining <= 0:
             raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
-        request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "")
         result = await self._infer(model, request.image, remaining, request_id)
         return build_response(result, model, info, request)
 
@@ -145,20 +161,27 @@ class DetectorService:
                                             dtype=np.object_))
         start = time.perf_counter()
         outcome = "OK"
-        try:
-            with self._pool.lease() as client:
-                # The id travels both as Triton's request id and as the header that Envoy's
-                # egress logs, so one id follows the call through every hop.
-                return await client.infer(model.name, [tensor], outputs=list(model.outputs),
-                                          request_id=request_id, client_timeout=timeout_s,
-                                          headers={"x-request-id": request_id} if request_id else None)
-        except InferenceServerException as exc:
-            outcome = exc.status() or "UNKNOWN"
-            if is_unknown_model(exc):
-                self._catalogue.forget(model.name)
-                await self._catalogue.get(model.name)  # raises NOT_FOUND listing models
-            raise from_upstream(exc, model.name) from None
-        finally:
-            self._telemetry.upstream_duration.record(
-                (time.perf_counter() - start) * 1000,
-                {"model": model.name, "rpc.grpc.status_code": outcome.rsplit(".", 1)[-1]})
+        self._telemetry.upstream_batch.record(1, {"model": model.name})
+        with self._telemetry.tracer.start_as_current_span(
+                "inference.GRPCInferenceService/ModelInfer", kind=trace.SpanKind.CLIENT,
+                attributes={"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+                            "rpc.method": "ModelInfer", "detect.model": model.name}) as span:
+            # The request id travels both as Triton's request id and as the header Envoy's
+            # egress logs; the trace context as traceparent metadata.
+            headers = self._telemetry.inject({"x-request-id": request_id} if request_id else {})
+            try:
+                with self._pool.lease() as client:
+                    return await client.infer(model.name, [tensor], outputs=list(model.outputs),
+                                              request_id=request_id, client_timeout=timeout_s,
+                                              headers=headers or None)
+            except InferenceServerException as exc:
+                outcome = exc.status() or "UNKNOWN"
+                span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
+                if is_unknown_model(exc):
+                    self._catalogue.forget(model.name)
+                    await self._catalogue.get(model.name)  # raises NOT_FOUND listing models
+                raise from_upstream(exc, model.name) from None
+            finally:
+                self._telemetry.upstream_duration.record(
+                    (time.perf_counter() - start) * 1000,
+                    {"model": model.name, "status": outcome.rsplit(".", 1)[-1]})

@@ -12,6 +12,8 @@ from grpc_reflection.v1alpha import reflection
 
 from detect.v1 import detect_pb2
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
 from .catalogue import Catalogue
 from .config import ProxyConfig
 from .detector import DetectorService, method_handlers
@@ -28,9 +30,9 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 class DetectProxy:
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, span_exporter: SpanExporter | None = None) -> None:
         self.config = config
-        self.telemetry = Telemetry(config.metrics_port)
+        self.telemetry = Telemetry(config.metrics_port, config.trace_exporter, span_exporter)
         self.pool = TritonPool(config)
         self.catalogue = Catalogue(self.pool)
         self.health = health.aio.HealthServicer()
@@ -41,6 +43,14 @@ class DetectProxy:
             ("grpc.so_reuseport", 0),
         ])
         self.address = ""
+        self.telemetry.observe(
+            "detect.pool.channel_state", "connectivity of each pooled Triton connection "
+            "(1 for its current state)",
+            lambda: [(1, {"channel": str(i), "state": state.name})
+                     for i, state in enumerate(self.pool.states())])
+        self.telemetry.observe(
+            "detect.health.serving", "1 while health reports SERVING",
+            lambda: [(1 if self.watcher.serving else 0, {})])
 
     async def start(self) -> None:
         self.server.add_generic_rpc_handlers((method_handlers(

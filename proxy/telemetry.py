@@ -1,30 +1,43 @@
-"""Proxy metrics through OpenTelemetry, exported for Prometheus scraping.
+"""Proxy metrics and traces through OpenTelemetry.
 
-Names follow OpenTelemetry's RPC semantic conventions where they exist
-(``rpc.server.duration`` in milliseconds with ``rpc.system``, ``rpc.service``,
-``rpc.method`` and ``rpc.grpc.status_code``), so dashboards built on them carry over.
+Metrics are exported for Prometheus scraping. Names follow OpenTelemetry's RPC semantic
+conventions where they exist (``rpc.server.duration`` in milliseconds with ``rpc.system``,
+``rpc.service``, ``rpc.method`` and the numeric ``rpc.grpc.status_code``; ``status`` carries
+the code's name for humans), so dashboards built on them carry over.
+
+Traces: a SERVER span per Detect, continuing the caller's W3C ``traceparent``, with the
+Triton call as a CLIENT child whose context is passed on to the backend as metadata. The
+caller's trace context is forwarded even when no exporter records spans.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
-from opentelemetry import metrics
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (BatchSpanProcessor, ConsoleSpanExporter,
+                                            SimpleSpanProcessor, SpanExporter)
 
 log = logging.getLogger("proxy.telemetry")
 
 MS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
 BYTES_BUCKETS = (1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22, 1 << 23)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 SERVICE = "detect.v1.Detector"
+TRACE_EXPORTERS = ("none", "console")
 
 
 class Telemetry:
-    def __init__(self, metrics_port: int) -> None:
+    def __init__(self, metrics_port: int, trace_exporter: str = "none",
+                 span_exporter: SpanExporter | None = None) -> None:
+        resource = Resource.create({"service.name": "detect-proxy"})
         readers = []
         if metrics_port:
             from prometheus_client import start_http_server
@@ -33,8 +46,7 @@ class Telemetry:
             readers.append(PrometheusMetricReader())
             log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
         self.provider = MeterProvider(
-            metric_readers=readers,
-            resource=Resource.create({"service.name": "detect-proxy"}),
+            metric_readers=readers, resource=resource,
             views=[
                 View(instrument_name="rpc.server.duration",
                      aggregation=ExplicitBucketHistogramAggregation(MS_BUCKETS)),
@@ -42,23 +54,54 @@ class Telemetry:
                      aggregation=ExplicitBucketHistogramAggregation(MS_BUCKETS)),
                 View(instrument_name="detect.image.size",
                      aggregation=ExplicitBucketHistogramAggregation(BYTES_BUCKETS)),
+                View(instrument_name="detect.upstream.batch_size",
+                     aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS)),
             ])
         meter = self.provider.get_meter("detect-proxy")
         self.duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Detect calls, arrival to response")
         self.upstream_duration = meter.create_histogram(
             "detect.upstream.duration", unit="ms", description="ModelInfer calls to Triton")
+        self.upstream_batch = meter.create_histogram(
+            "detect.upstream.batch_size", description="images per ModelInfer call")
         self.image_size = meter.create_histogram(
             "detect.image.size", unit="By", description="encoded image sizes received")
         self.in_flight = meter.create_up_down_counter(
             "detect.in_flight", description="Detect calls being handled")
         self.rejected = meter.create_counter(
             "detect.rejected", description="calls refused before reaching Triton, by reason")
+        self._meter = meter
 
-    def record_call(self, model: str, code: str, duration_ms: float) -> None:
+        self.tracer_provider = TracerProvider(resource=resource)
+        if span_exporter is not None:
+            self.tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+        elif trace_exporter == "console":
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif trace_exporter != "none":
+            raise ValueError(f"unknown trace exporter {trace_exporter!r}; use one of {TRACE_EXPORTERS}")
+        self.tracer = self.tracer_provider.get_tracer("detect-proxy")
+
+    def observe(self, name: str, description: str,
+                read: Callable[[], Iterable[tuple[float, dict[str, str]]]]) -> None:
+        """A gauge sampled at scrape time (pool channel states, health)."""
+        def callback(_options):
+            return [metrics.Observation(value, attributes) for value, attributes in read()]
+        self._meter.create_observable_gauge(name, callbacks=[callback], description=description)
+
+    def record_call(self, model: str, code, duration_ms: float) -> None:
         self.duration.record(duration_ms, {
             "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "Detect",
-            "rpc.grpc.status_code": code, "model": model})
+            "rpc.grpc.status_code": code.value[0], "status": code.name, "model": model})
+
+    @staticmethod
+    def extract(metadata: dict[str, str]):
+        return propagate.extract(metadata)
+
+    @staticmethod
+    def inject(headers: dict[str, str]) -> dict[str, str]:
+        propagate.inject(headers)
+        return headers
 
     def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
         self.provider.shutdown()

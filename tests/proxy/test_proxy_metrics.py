@@ -41,11 +41,13 @@ def test_counts_by_code(tmp_path, triton_url, images):
                     stub.Detect(detect_pb2.DetectRequest(image=bad), timeout=10)
         samples = scrape(metrics_port)
     calls = "rpc_server_duration_milliseconds_count"
-    assert value(samples, calls, rpc_grpc_status_code="OK", rpc_method="Detect",
+    assert value(samples, calls, rpc_grpc_status_code="0", status="OK", rpc_method="Detect",
                  model="face_detector") == 3
-    assert value(samples, calls, rpc_grpc_status_code="INVALID_ARGUMENT") == 2
-    assert value(samples, "detect_upstream_duration_milliseconds_count",
-                 rpc_grpc_status_code="OK") == 3
+    assert value(samples, calls, rpc_grpc_status_code="3", status="INVALID_ARGUMENT") == 2
+    assert value(samples, "detect_upstream_duration_milliseconds_count", status="OK") == 3
+    assert value(samples, "detect_upstream_batch_size_count", model="face_detector") == 3
+    assert value(samples, "detect_pool_channel_state", state="READY") == 2
+    assert value(samples, "detect_health_serving") == 1
     assert value(samples, "detect_rejected_total", reason="invalid_image") == 2
     assert value(samples, "detect_image_size_bytes_count") == 5
     assert value(samples, "detect_in_flight") == 0
