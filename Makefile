@@ -19,8 +19,11 @@ export PROXY1_PORT ?= 50051
 export PROXY2_PORT ?= 50052
 export PROXY1_METRICS_PORT ?= 9464
 export PROXY2_METRICS_PORT ?= 9465
+export TRITON1_METRICS_PORT ?= 8002
+export TRITON2_METRICS_PORT ?= 8003
+export PROMETHEUS_PORT ?= 9090
 
-.PHONY: all venv protos models testdata certs envoy-config run test clean
+.PHONY: all venv system-deps protos models testdata certs envoy-config prometheus-config run test clean
 
 all: venv protos models
 
@@ -32,6 +35,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries).
+system-deps:
+	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 # gRPC stubs are generated from protos/, never committed or edited (setup.py does the same
 # when the package is built, so `pip install` of this project provides them too).
@@ -65,12 +72,19 @@ envoy-config: venv certs
 	  --triton 127.0.0.1:$(TRITON1_PORT) --triton 127.0.0.1:$(TRITON2_PORT) \
 	  --access-log build/envoy/access.log
 
-# The whole stack: localtriton x2, proxy x2, Envoy; Ctrl-C stops all of it.
-run: venv protos models testdata envoy-config
+# Prometheus scraping the stack of `make run` (started with it when installed).
+prometheus-config: venv
+	$(BIN)/python observability/prometheus.py --out build/prometheus/prometheus.yml \
+	  --proxy 127.0.0.1:$(PROXY1_METRICS_PORT) --proxy 127.0.0.1:$(PROXY2_METRICS_PORT) \
+	  --envoy-admin 127.0.0.1:$(ADMIN_PORT) \
+	  --triton 127.0.0.1:$(TRITON1_METRICS_PORT) --triton 127.0.0.1:$(TRITON2_METRICS_PORT)
+
+# The whole stack: localtriton x2, proxy x2, Envoy, Prometheus; Ctrl-C stops all of it.
+run: venv protos models testdata envoy-config prometheus-config
 	$(BIN)/honcho --procfile Procfile --app-root . start
 
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
-test: venv protos models testdata
+test: venv system-deps protos models testdata
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 clean:

@@ -47,6 +47,7 @@ def main() -> int:
     parser.add_argument("--admin-port", type=int, required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--access-log", required=True)
+    parser.add_argument("--prometheus-port", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
 
@@ -68,6 +69,7 @@ def main() -> int:
   Detect (TLS)     {args.front}   CA: {args.ca}
   Envoy admin      http://127.0.0.1:{args.admin_port}  (/clusters, /stats/prometheus, /runtime_modify)
   access log       {args.access_log}
+  Prometheus       http://127.0.0.1:{args.prometheus_port}  (dashboard: observability/dashboard.json)
 
 Try it:
   grpcurl -cacert {args.ca} localhost:{front_port} list

@@ -115,6 +115,9 @@ class Stack:
     envoy: Envoy
     tritons: list[tuple[str, Process]] = field(default_factory=list)
     proxies: list[tuple[str, Process]] = field(default_factory=list)
+    # Prometheus targets (host:port) of each part.
+    triton_metrics: list[str] = field(default_factory=list)
+    proxy_metrics: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -122,25 +125,29 @@ def stack(tmp_path: Path, replicas: int = 2, proxies: int = 2, **settings) -> It
     certs = make_certs(tmp_path / "certs")
     egress_port = free_port()
     proxy_ports = [free_port() for _ in range(proxies)]
+    triton_metrics = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
+    proxy_metrics = [f"127.0.0.1:{free_port()}" for _ in range(proxies)]
     with contextlib.ExitStack() as es:
-        tritons = [es.enter_context(localtriton(tmp_path, *TRITON_KEEPALIVE_FLAGS))
-                   for _ in range(replicas)]
+        tritons = [es.enter_context(localtriton(tmp_path, *TRITON_KEEPALIVE_FLAGS,
+                                                "--metrics-port", m.rsplit(":", 1)[1]))
+                   for m in triton_metrics]
         started: list[tuple[str, Process]] = []
         edge = es.enter_context(_envoy_then_proxies(
-            tmp_path, certs, proxy_ports, [url for url, _ in tritons], egress_port,
-            started, settings))
-        yield Stack(edge, tritons, started)
+            tmp_path, certs, proxy_ports, proxy_metrics, [url for url, _ in tritons],
+            egress_port, started, settings))
+        yield Stack(edge, tritons, started, triton_metrics, proxy_metrics)
 
 
 @contextlib.contextmanager
-def _envoy_then_proxies(tmp_path, certs, proxy_ports, tritons, egress_port, started,
-                        settings) -> Iterator[Envoy]:
+def _envoy_then_proxies(tmp_path, certs, proxy_ports, proxy_metrics, tritons, egress_port,
+                        started, settings) -> Iterator[Envoy]:
     with contextlib.ExitStack() as es:
         # Envoy's readiness waits for healthy proxies, so start them against its egress
         # port first; they report NOT_SERVING until the egress listener is up.
-        for port in proxy_ports:
+        for port, metrics in zip(proxy_ports, proxy_metrics):
             started.append(es.enter_context(proxy(
-                tmp_path, f"127.0.0.1:{egress_port}", port=port, wait_serving=False)))
+                tmp_path, f"127.0.0.1:{egress_port}", port=port, wait_serving=False,
+                metrics_port=int(metrics.rsplit(":", 1)[1]))))
         edge = es.enter_context(envoy(tmp_path, certs, [f"127.0.0.1:{p}" for p in proxy_ports],
                                       tritons, egress_port=egress_port, **settings))
         deadline = time.monotonic() + 30

@@ -10,7 +10,8 @@ import time
 from servers import ROOT, free_port
 
 PORTS = ("FRONT_PORT", "ADMIN_PORT", "EGRESS_PORT", "TRITON1_PORT", "TRITON2_PORT",
-         "PROXY1_PORT", "PROXY2_PORT", "PROXY1_METRICS_PORT", "PROXY2_METRICS_PORT")
+         "PROXY1_PORT", "PROXY2_PORT", "PROXY1_METRICS_PORT", "PROXY2_METRICS_PORT",
+         "TRITON1_METRICS_PORT", "TRITON2_METRICS_PORT", "PROMETHEUS_PORT")
 
 
 def _group_alive(pgid: int) -> list[str]:
@@ -36,6 +37,9 @@ def test_make_run_then_ctrl_c(tmp_path):
         assert "triton 2/2, detect_proxy 2/2" in text
         assert f"grpcurl -cacert build/certs/ca.crt localhost:{ports['FRONT_PORT']} list" in text
         assert "1 detection(s)" in text and "face 0.9" in text
+        import urllib.request
+        url = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}/-/ready"
+        assert urllib.request.urlopen(url, timeout=5).status == 200
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         make.wait(60)
