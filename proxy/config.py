@@ -26,6 +26,12 @@ class ProxyConfig:
     max_image_height: int = 4096
     max_in_flight: int = 256
     upstream_timeout_ms: int = 30_000
+    retry_max_attempts: int = 2
+    retry_backoff_base_ms: int = 25
+    retry_backoff_max_ms: int = 250
+    retry_budget_ratio: float = 0.2
+    breaker_failure_threshold: int = 5
+    breaker_open_ms: int = 1_000
     keepalive_time_ms: int = 300_000
     keepalive_timeout_ms: int = 20_000
     keepalive_permit_without_calls: bool = False
@@ -53,6 +59,12 @@ HELP: dict[str, str] = {
     "max_image_height": "tallest image accepted, in pixels (read from the header)",
     "max_in_flight": "calls handled at once; more get RESOURCE_EXHAUSTED immediately",
     "upstream_timeout_ms": "timeout of the Triton call when the caller sets no deadline",
+    "retry_max_attempts": "retries of a Triton call that got no answer (UNAVAILABLE); 0 disables",
+    "retry_backoff_base_ms": "first retry waits up to this long (full jitter, doubling)",
+    "retry_backoff_max_ms": "upper bound of a retry's wait",
+    "retry_budget_ratio": "retries may add at most this fraction of the call rate",
+    "breaker_failure_threshold": "consecutive UNAVAILABLE answers that open the circuit breaker",
+    "breaker_open_ms": "how long an open breaker fails calls at once before probing Triton",
     "keepalive_time_ms": "ms between keepalive pings to Triton (Triton's minimum: 300000)",
     "keepalive_timeout_ms": "ms to wait for a ping ack before dropping the connection",
     "keepalive_permit_without_calls": "ping idle connections too (Triton refuses by default)",

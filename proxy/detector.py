@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -16,9 +17,11 @@ from detect.v1 import detect_pb2
 
 from .catalogue import Catalogue, DetectorModel
 from .config import ProxyConfig
-from .errors import ProxyError, from_upstream, is_unknown_model
+from .breaker import CircuitBreaker
+from .errors import ProxyError, from_upstream, is_unknown_model, upstream_code
 from .image_header import ImageInfo, ImageRejected, inspect
 from .pool import TritonPool
+from .retry import RetryBudget, backoff_s
 from .telemetry import Telemetry
 
 log = logging.getLogger("proxy.detect")
@@ -78,8 +81,10 @@ def build_response(result: triton_aio.InferResult, model: DetectorModel, info: I
 
 class DetectorService:
     def __init__(self, config: ProxyConfig, pool: TritonPool, catalogue: Catalogue,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, breaker: CircuitBreaker) -> None:
         self._config = config
+        self._breaker = breaker
+        self._budget = RetryBudget(config.retry_budget_ratio)
         self._limits = config.image_limits
         self._pool = pool
         self._catalogue = catalogue
@@ -159,9 +164,47 @@ class DetectorService:
         tensor = triton_aio.InferInput(model.input_name, [1, 1] if model.batching else [1], "BYTES")
         tensor.set_data_from_numpy(np.array([[image]] if model.batching else [image],
                                             dtype=np.object_))
+        deadline = time.monotonic() + timeout_s
+        self._budget.record_call()
+        self._telemetry.upstream_batch.record(1, {"model": model.name})
+        attempt = 0
+        while True:
+            if not self._breaker.allow():
+                self._telemetry.rejected.add(1, {"reason": "circuit_open"})
+                raise ProxyError(grpc.StatusCode.UNAVAILABLE,
+                                 "the model server is unavailable (circuit breaker open; next "
+                                 f"probe in {self._breaker.retry_in():.1f}s); retry with backoff")
+            try:
+                result = await self._call(model, tensor, deadline - time.monotonic(), request_id)
+                self._breaker.success()
+                return result
+            except InferenceServerException as exc:
+                code = upstream_code(exc)
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self._breaker.failure()
+                else:
+                    self._breaker.release()
+                if is_unknown_model(exc):
+                    self._catalogue.forget(model.name)
+                    await self._catalogue.get(model.name)  # raises NOT_FOUND listing models
+                delay = backoff_s(attempt, self._config.retry_backoff_base_ms / 1000,
+                                  self._config.retry_backoff_max_ms / 1000)
+                if (code != grpc.StatusCode.UNAVAILABLE
+                        or attempt >= self._config.retry_max_attempts
+                        or deadline - time.monotonic() <= delay
+                        or not self._budget.try_spend()):
+                    raise from_upstream(exc, model.name) from None
+            attempt += 1
+            self._telemetry.retries.add(1, {"model": model.name})
+            log.debug("retrying %s after UNAVAILABLE (attempt %d) in %.0f ms", model.name,
+                      attempt, delay * 1000)
+            await asyncio.sleep(delay)
+
+    async def _call(self, model: DetectorModel, tensor: triton_aio.InferInput, timeout_s: float,
+                    request_id: str) -> triton_aio.InferResult:
+        """One ModelInfer, traced and timed."""
         start = time.perf_counter()
         outcome = "OK"
-        self._telemetry.upstream_batch.record(1, {"model": model.name})
         with self._telemetry.tracer.start_as_current_span(
                 "inference.GRPCInferenceService/ModelInfer", kind=trace.SpanKind.CLIENT,
                 attributes={"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
@@ -177,10 +220,7 @@ class DetectorService:
             except InferenceServerException as exc:
                 outcome = exc.status() or "UNKNOWN"
                 span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
-                if is_unknown_model(exc):
-                    self._catalogue.forget(model.name)
-                    await self._catalogue.get(model.name)  # raises NOT_FOUND listing models
-                raise from_upstream(exc, model.name) from None
+                raise
             finally:
                 self._telemetry.upstream_duration.record(
                     (time.perf_counter() - start) * 1000,

@@ -14,6 +14,7 @@ from detect.v1 import detect_pb2
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from .breaker import CircuitBreaker
 from .catalogue import Catalogue
 from .config import ProxyConfig
 from .detector import DetectorService, method_handlers
@@ -35,6 +36,8 @@ class DetectProxy:
         self.telemetry = Telemetry(config.metrics_port, config.trace_exporter, span_exporter)
         self.pool = TritonPool(config)
         self.catalogue = Catalogue(self.pool)
+        self.breaker = CircuitBreaker(config.breaker_failure_threshold,
+                                      config.breaker_open_ms / 1000)
         self.health = health.aio.HealthServicer()
         self.watcher = ReadinessWatcher(self.pool, self.health, config.default_model,
                                         config.health_interval_ms / 1000)
@@ -49,12 +52,15 @@ class DetectProxy:
             lambda: [(1, {"channel": str(i), "state": state.name})
                      for i, state in enumerate(self.pool.states())])
         self.telemetry.observe(
+            "detect.breaker.state", "circuit breaker: 0 closed, 1 half-open, 2 open",
+            lambda: [(int(self.breaker.state), {"upstream": self.config.triton_url})])
+        self.telemetry.observe(
             "detect.health.serving", "1 while health reports SERVING",
             lambda: [(1 if self.watcher.serving else 0, {})])
 
     async def start(self) -> None:
-        self.server.add_generic_rpc_handlers((method_handlers(
-            DetectorService(self.config, self.pool, self.catalogue, self.telemetry)),))
+        self.server.add_generic_rpc_handlers((method_handlers(DetectorService(
+            self.config, self.pool, self.catalogue, self.telemetry, self.breaker)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [DETECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)

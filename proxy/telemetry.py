@@ -70,6 +70,8 @@ class Telemetry:
             "detect.in_flight", description="Detect calls being handled")
         self.rejected = meter.create_counter(
             "detect.rejected", description="calls refused before reaching Triton, by reason")
+        self.retries = meter.create_counter(
+            "detect.upstream.retries", description="Triton calls retried after UNAVAILABLE")
         self._meter = meter
 
         self.tracer_provider = TracerProvider(resource=resource)
