@@ -1,0 +1,148 @@
+"""Retries happen only for unanswered calls, within the deadline and the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc.aio import InferResult
+from tritonclient.utils import InferenceServerException
+
+from proxy.breaker import CircuitBreaker, State
+from proxy.catalogue import from_config
+from proxy.config import ProxyConfig
+from proxy.detector import DetectorService
+from proxy.errors import ProxyError
+from proxy.telemetry import Telemetry
+from tritonclient.grpc import model_config_pb2 as mc
+from google.protobuf import text_format
+
+
+def _model():
+    config = mc.ModelConfig()
+    text_format.Parse('''
+        name: "det" max_batch_size: 8
+        input [{ name: "IMAGE" data_type: TYPE_STRING dims: [1] }]
+        output [{ name: "num_detections" data_type: TYPE_INT32 dims: [1] },
+                { name: "detection_boxes" data_type: TYPE_FP32 dims: [2, 4] },
+                { name: "detection_scores" data_type: TYPE_FP32 dims: [2] },
+                { name: "detection_classes" data_type: TYPE_INT32 dims: [2] }]''', config)
+    return from_config(config)
+
+
+def _result() -> InferResult:
+    response = pb.ModelInferResponse(model_name="det", model_version="1")
+    for name, dtype, array in [("num_detections", "INT32", np.array([[1]], np.int32)),
+                               ("detection_boxes", "FP32", np.ones((1, 2, 4), np.float32)),
+                               ("detection_scores", "FP32", np.array([[0.9, 0]], np.float32)),
+                               ("detection_classes", "INT32", np.zeros((1, 2), np.int32))]:
+        response.outputs.add(name=name, datatype=dtype, shape=array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return InferResult(response)
+
+
+class FakeClient:
+    def __init__(self, failures: list[str]) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def infer(self, *args, **kwargs):
+        self.calls += 1
+        if self.failures:
+            raise InferenceServerException("boom", status=f"StatusCode.{self.failures.pop(0)}")
+        return _result()
+
+
+class FakePool:
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+
+    @contextlib.contextmanager
+    def lease(self):
+        yield self.client
+
+
+class FakeCatalogue:
+    def forget(self, name: str) -> None:
+        pass
+
+    async def get(self, name: str):
+        raise ProxyError(grpc.StatusCode.NOT_FOUND, f"model '{name}' is not served")
+
+
+def _service(client: FakeClient, **overrides) -> tuple[DetectorService, CircuitBreaker]:
+    settings = {"metrics_port": 0, "retry_backoff_base_ms": 1, "retry_backoff_max_ms": 2,
+                **overrides}
+    config = ProxyConfig(**settings)
+    breaker = CircuitBreaker(config.breaker_failure_threshold, config.breaker_open_ms / 1000)
+    service = DetectorService(config, FakePool(client), FakeCatalogue(), Telemetry(0), breaker)
+    return service, breaker
+
+
+def _infer(service: DetectorService, timeout_s: float = 5.0):
+    return asyncio.run(service._infer(_model(), b"img", timeout_s, "rid"))
+
+
+def test_unavailable_is_retried_then_succeeds():
+    client = FakeClient(["UNAVAILABLE", "UNAVAILABLE"])
+    service, breaker = _service(client)
+    result = _infer(service)
+    assert client.calls == 3
+    assert result.as_numpy("num_detections")[0, 0] == 1
+    assert breaker.state == State.CLOSED
+
+
+@pytest.mark.parametrize("code", ["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND",
+                                  "DEADLINE_EXCEEDED", "INTERNAL"])
+def test_answered_calls_are_never_retried(code):
+    client = FakeClient([code])
+    service, _ = _service(client)
+    with pytest.raises(ProxyError) as err:
+        _infer(service)
+    assert err.value.code.name == code if code != "INTERNAL" else True
+    assert client.calls == 1
+
+
+def test_attempts_are_bounded():
+    client = FakeClient(["UNAVAILABLE"] * 10)
+    service, _ = _service(client, retry_max_attempts=2, breaker_failure_threshold=100)
+    with pytest.raises(ProxyError) as err:
+        _infer(service)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert client.calls == 3
+
+
+def test_no_retry_past_the_deadline():
+    client = FakeClient(["UNAVAILABLE"] * 10)
+    service, _ = _service(client, retry_backoff_base_ms=500, retry_backoff_max_ms=500)
+    with pytest.raises(ProxyError):
+        _infer(service, timeout_s=0.0001)
+    assert client.calls == 1
+
+
+def test_budget_caps_retries_across_calls():
+    client = FakeClient(["UNAVAILABLE"] * 1000)
+    service, _ = _service(client, retry_max_attempts=5, breaker_failure_threshold=10_000)
+    service._budget._tokens = 3  # what is left of the budget
+    service._budget.min_per_s = 0
+    with pytest.raises(ProxyError):
+        _infer(service)
+    assert client.calls <= 1 + 3 + 1  # first try, the budgeted retries (plus call deposit)
+
+
+def test_breaker_opens_and_then_fails_fast_without_calling():
+    client = FakeClient(["UNAVAILABLE"] * 100)
+    service, breaker = _service(client, retry_max_attempts=0, breaker_failure_threshold=3)
+    for _ in range(3):
+        with pytest.raises(ProxyError):
+            _infer(service)
+    assert breaker.state == State.OPEN
+    calls = client.calls
+    with pytest.raises(ProxyError) as err:
+        _infer(service)
+    assert client.calls == calls
+    assert "circuit breaker open" in err.value.message
