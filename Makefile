@@ -7,7 +7,7 @@ MODEL  := model_repository/centerface/1/model.onnx
 IMAGES := build/testdata/astronaut.png
 STUBS  := detect/v1/detect_pb2_grpc.py
 PYTEST_ARGS ?=
-CERTS  := build/certs/server.crt
+CERTS  := build/certs/server-sds.json
 
 # Ports of `make run` (override on the command line, e.g. `make run FRONT_PORT=9443`).
 export FRONT_PORT ?= 8443

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
+import json
+import os
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -84,6 +87,35 @@ def make_server(directory: Path, ca, hosts: list[str], stem: str = "server", day
     make_leaf(directory, stem, ca, sans, ExtendedKeyUsageOID.SERVER_AUTH, days)
 
 
+SDS_FILE = "server-sds.json"
+
+
+def publish_server_sds(directory: Path, stem: str = "server") -> Path:
+    """Point Envoy's file-based SDS at a server certificate, atomically (write, then rename):
+    Envoy watches the directory and switches certificates without a restart."""
+    resource = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "server_cert",
+        "tls_certificate": {
+            "certificate_chain": {"filename": str((directory / f"{stem}.crt").resolve())},
+            "private_key": {"filename": str((directory / f"{stem}.key").resolve())},
+        },
+    }
+    target = directory / SDS_FILE
+    tmp = directory / f".{SDS_FILE}.tmp"
+    tmp.write_text(json.dumps({"resources": [resource]}, indent=2))
+    os.replace(tmp, target)
+    return target
+
+
+def rotate_server(directory: Path, hosts: list[str]) -> str:
+    """Issue a new server certificate from the existing CA and publish it through SDS."""
+    stem = f"server-{int(time.time() * 1000)}"
+    make_server(directory, load_ca(directory), hosts, stem=stem)
+    publish_server_sds(directory, stem)
+    return stem
+
+
 def make_client(directory: Path, ca, name: str) -> None:
     make_leaf(directory, f"client-{name}", ca,
               [x509.UniformResourceIdentifier(client_identity(name))],
@@ -103,10 +135,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="server name or IP for the server certificate (repeatable)")
     parser.add_argument("--client", action="append", default=None,
                         help="client identity to issue a certificate for (repeatable)")
+    parser.add_argument("--rotate-server", action="store_true",
+                        help="issue a new server certificate and hand it to the running Envoy")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    hosts = args.host or ["localhost", "127.0.0.1", "::1"]
+    if args.rotate_server:
+        print(f"Envoy now serves {rotate_server(args.out, hosts)}.crt")
+        return 0
     ca = load_ca(args.out) if (args.out / "ca.key").exists() else make_ca(args.out)
-    make_server(args.out, ca, args.host or ["localhost", "127.0.0.1", "::1"])
+    make_server(args.out, ca, hosts)
+    publish_server_sds(args.out)
     for name in args.client or DEFAULT_CLIENTS:
         make_client(args.out, ca, name)
     print(f"development certificates in {args.out}")

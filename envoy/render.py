@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from certs import client_identity  # noqa: E402  (sibling script, not a package)
+from certs import SDS_FILE, client_identity  # noqa: E402  (sibling script, not a package)
 
 RUNTIME_GLOBAL_TOKENS = "detect.ratelimit.global.tokens_per_second"
 RUNTIME_CLIENT_TOKENS = "detect.ratelimit.client.tokens_per_second"
@@ -153,8 +153,14 @@ def _tls_context(config: StackConfig) -> dict:
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_2",
                        "tls_maximum_protocol_version": "TLSv1_3"},
         "alpn_protocols": ["h2"],
-        "tls_certificates": [{"certificate_chain": {"filename": str(certs / "server.crt")},
-                              "private_key": {"filename": str(certs / "server.key")}}],
+        # The server certificate comes from a watched SDS file: rotating it on disk
+        # (envoy/certs.py --rotate-server) takes effect without a restart.
+        "tls_certificate_sds_secret_configs": [{
+            "name": "server_cert",
+            "sds_config": {"path_config_source": {
+                "path": str((certs / SDS_FILE).resolve()),
+                "watched_directory": {"path": str(certs.resolve())}},
+                "resource_api_version": "V3"}}],
     }
     context: dict = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",

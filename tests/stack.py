@@ -29,6 +29,7 @@ def make_certs(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     ca = pki.make_ca(directory)
     pki.make_server(directory, ca, ["localhost", "127.0.0.1"])
+    pki.publish_server_sds(directory)
     for name in pki.DEFAULT_CLIENTS:
         pki.make_client(directory, ca, name)
     return directory
