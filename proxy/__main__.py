@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from . import logs
+from . import logs, memory
 from .config import parse
 from .server import run
 
@@ -14,6 +14,7 @@ from .server import run
 def main(argv: list[str] | None = None) -> int:
     config = parse(argv)
     logs.setup(config.log_level)
+    memory.fix_malloc_mmap_threshold()
     try:
         asyncio.run(run(config))
     except OSError as exc:

@@ -93,6 +93,9 @@ class Catalogue:
                      model.batching, len(model.labels))
         return model
 
+    def known(self, name: str) -> bool:
+        return name in self._models
+
     def forget(self, name: str) -> None:
         self._models.pop(name, None)
 

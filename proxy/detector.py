@@ -127,7 +127,10 @@ class DetectorService:
             self._in_flight -= 1
             self._telemetry.in_flight.add(-1)
             duration_ms = (time.perf_counter() - start) * 1000
-            self._telemetry.record_call(model_name, code, duration_ms)
+            # Callers choose model names: only known ones become metric labels, so that
+            # arbitrary names cannot grow the number of series without bound.
+            label = model_name if self._catalogue.known(model_name) else "(unknown)"
+            self._telemetry.record_call(label, code, duration_ms)
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code != grpc.StatusCode.OK:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, message))
