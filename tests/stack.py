@@ -122,32 +122,34 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(tmp_path: Path, replicas: int = 2, proxies: int = 2, **settings) -> Iterator[Stack]:
+def stack(tmp_path: Path, replicas: int = 2, proxies: int = 2,
+          triton_flags: tuple[str, ...] = TRITON_KEEPALIVE_FLAGS,
+          proxy_flags: tuple[str, ...] = (), **settings) -> Iterator[Stack]:
     certs = make_certs(tmp_path / "certs")
     egress_port = free_port()
     proxy_ports = [free_port() for _ in range(proxies)]
     triton_metrics = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
     proxy_metrics = [f"127.0.0.1:{free_port()}" for _ in range(proxies)]
     with contextlib.ExitStack() as es:
-        tritons = [es.enter_context(localtriton(tmp_path, *TRITON_KEEPALIVE_FLAGS,
+        tritons = [es.enter_context(localtriton(tmp_path, *triton_flags,
                                                 "--metrics-port", m.rsplit(":", 1)[1]))
                    for m in triton_metrics]
         started: list[tuple[str, Process]] = []
         edge = es.enter_context(_envoy_then_proxies(
             tmp_path, certs, proxy_ports, proxy_metrics, [url for url, _ in tritons],
-            egress_port, started, settings))
+            egress_port, started, settings, proxy_flags))
         yield Stack(edge, tritons, started, triton_metrics, proxy_metrics)
 
 
 @contextlib.contextmanager
 def _envoy_then_proxies(tmp_path, certs, proxy_ports, proxy_metrics, tritons, egress_port,
-                        started, settings) -> Iterator[Envoy]:
+                        started, settings, proxy_flags=()) -> Iterator[Envoy]:
     with contextlib.ExitStack() as es:
         # Envoy's readiness waits for healthy proxies, so start them against its egress
         # port first; they report NOT_SERVING until the egress listener is up.
         for port, metrics in zip(proxy_ports, proxy_metrics):
             started.append(es.enter_context(proxy(
-                tmp_path, f"127.0.0.1:{egress_port}", port=port, wait_serving=False,
+                tmp_path, f"127.0.0.1:{egress_port}", *proxy_flags, port=port, wait_serving=False,
                 metrics_port=int(metrics.rsplit(":", 1)[1]))))
         edge = es.enter_context(envoy(tmp_path, certs, [f"127.0.0.1:{p}" for p in proxy_ports],
                                       tritons, egress_port=egress_port, **settings))
