@@ -23,7 +23,7 @@ export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
 
-.PHONY: all venv system-deps protos models testdata certs envoy-config prometheus-config run test clean
+.PHONY: soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test clean
 
 all: venv protos models
 
@@ -86,6 +86,11 @@ run: venv protos models testdata envoy-config prometheus-config
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
 test: venv system-deps protos models testdata
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+# Long-running soak of the whole stack (not part of `make test`): 10 minutes by default.
+SOAK_ARGS ?=
+soak: venv protos models testdata
+	$(BIN)/python loadtest/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build detect $(MODEL)
