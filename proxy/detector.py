@@ -120,6 +120,9 @@ class DetectorService:
                 return await self._detect(request, model_name, request_id, context)
         except ProxyError as exc:
             code, message = exc.code, exc.message
+        except asyncio.CancelledError:  # the caller went away or its deadline passed
+            code, message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
+            raise
         except Exception:
             code, message = grpc.StatusCode.INTERNAL, "internal error in the detection proxy"
             log.exception("Detect %s failed unexpectedly", model_name)
