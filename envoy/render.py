@@ -24,8 +24,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from certs import SDS_FILE, client_identity  # noqa: E402  (sibling script, not a package)
 
-RUNTIME_GLOBAL_TOKENS = "detect.ratelimit.global.tokens_per_second"
-RUNTIME_CLIENT_TOKENS = "detect.ratelimit.client.tokens_per_second"
 
 
 @dataclass

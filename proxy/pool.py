@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import grpc
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import service_pb2  # noqa: F401  (registers Triton's descriptors)
 
 from .config import ProxyConfig
 

@@ -6,7 +6,6 @@ import asyncio
 from io import BytesIO
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from PIL import Image

@@ -7,7 +7,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from localtriton.backends.base import Backend, Execution

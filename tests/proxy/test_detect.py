@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from io import BytesIO
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient

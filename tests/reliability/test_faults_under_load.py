@@ -13,7 +13,7 @@ import numpy as np
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from promtext import scrape, value
 from servers import free_port, proxy
-from stack import host_counter, stack
+from stack import stack
 
 PER_TRY_TIMEOUT_S = 2.0
 
