@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import signal
 import time
+from io import BytesIO
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+
+from PIL import Image
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from grpc_health.v1 import health_pb2
@@ -19,7 +22,11 @@ def test_sigterm_during_32_in_flight_calls(tmp_path, triton_url, images):
     with proxy(tmp_path, triton_url) as (target, proc):
         with grpc.insecure_channel(target) as channel:
             stub = detect_pb2_grpc.DetectorStub(channel)
-            request = detect_pb2.DetectRequest(image=images["astronaut.png"])
+            # A larger image keeps the 32 calls busy well past the moment of SIGTERM.
+            big = Image.open(BytesIO(images["astronaut.png"])).convert("RGB").resize((2048, 2048))
+            buffer = BytesIO()
+            big.save(buffer, format="JPEG", quality=90)
+            request = detect_pb2.DetectRequest(image=buffer.getvalue())
             with ThreadPoolExecutor(32) as pool:
                 futures = [pool.submit(stub.Detect, request, timeout=60) for _ in range(32)]
                 time.sleep(0.3)
