@@ -33,7 +33,7 @@ def healthy(port: int) -> tuple[bool, str]:
         return False, f"envoy admin unreachable ({exc})"
     summary = []
     ok = True
-    for cluster in clusters:
+    for cluster in sorted(clusters, key=lambda c: c["name"]):
         hosts = cluster.get("host_statuses", [])
         up = sum(1 for h in hosts if not any(k.startswith("failed") for k in h["health_status"]))
         summary.append(f"{cluster['name']} {up}/{len(hosts)}")

@@ -34,7 +34,7 @@ def test_make_run_then_ctrl_c(tmp_path):
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         text = log.read_text()
-        assert "triton 2/2, detect_proxy 2/2" in text
+        assert "detect_proxy 2/2, triton 2/2" in text
         assert f"grpcurl -cacert build/certs/ca.crt localhost:{ports['FRONT_PORT']} list" in text
         assert "1 detection(s)" in text and "face 0.9" in text
         import urllib.request
