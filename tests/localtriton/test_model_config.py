@@ -23,7 +23,7 @@ def _all_configs() -> dict[str, mc.ModelConfig]:
 
 def test_repository_has_the_detector_and_its_steps():
     assert {p.parent.name for p in CONFIGS} == {"face_detector", "preprocess", "centerface",
-                                                "postprocess"}
+                                                "postprocess", "null_detector"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
@@ -34,8 +34,9 @@ def test_config_parses_with_triton_proto(path: Path):
     model_config.load(path.parent)
 
 
-def test_face_detector_follows_the_model_contract():
-    config = _all_configs()["face_detector"]
+@pytest.mark.parametrize("name", ["face_detector", "null_detector"])
+def test_detectors_follow_the_model_contract(name):
+    config = _all_configs()[name]
     assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == [
         ("IMAGE", "TYPE_STRING", [1])]
     outputs = {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in config.output}
@@ -47,7 +48,9 @@ def test_face_detector_follows_the_model_contract():
     }
     labels = [t.label_filename for t in config.output if t.label_filename]
     assert labels == ["labels.txt"]
-    assert (MODEL_REPOSITORY / "face_detector" / "labels.txt").read_text().split() == ["face"]
+    # The labels parameter (read by the proxy) repeats labels.txt (read by Triton tools).
+    names = (MODEL_REPOSITORY / name / "labels.txt").read_text().split("\n")
+    assert config.parameters["labels"].string_value.split(",") == [n for n in names if n]
 
 
 def test_ensemble_wiring_is_consistent():

@@ -144,7 +144,8 @@ def test_model_statistics(client, images):
     assert after.inference_stats.success.ns > before.inference_stats.success.ns
     assert after.last_inference >= before.last_inference
     every = client.call("get_inference_statistics").model_stats
-    assert {s.name for s in every} == {"centerface", "face_detector", "postprocess", "preprocess"}
+    assert {s.name for s in every} == {"centerface", "face_detector", "null_detector",
+                                       "postprocess", "preprocess"}
     pre = client.call("get_inference_statistics", "preprocess", "1").model_stats[0]
     assert pre.execution_count >= 1
     assert pre.inference_stats.compute_infer.count >= 1
@@ -157,6 +158,7 @@ def test_repository_index(client):
     index = client.call("get_model_repository_index")
     assert {(m.name, m.version, m.state) for m in index.models} == {
         ("centerface", "1", "READY"), ("face_detector", "1", "READY"),
+        ("null_detector", "1", "READY"),
         ("postprocess", "1", "READY"), ("preprocess", "1", "READY")}
 
 

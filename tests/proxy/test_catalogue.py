@@ -74,7 +74,7 @@ def test_unknown_and_non_detector_models(triton_url):
         with pytest.raises(ProxyError) as err:
             await catalogue.get("nope")
         assert err.value.code == grpc.StatusCode.NOT_FOUND
-        assert err.value.message.endswith("available models: face_detector")
+        assert err.value.message.endswith("available models: face_detector, null_detector")
         with pytest.raises(ProxyError) as err:
             await catalogue.get("postprocess")
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -62,3 +62,13 @@ def test_min_score_and_max_detections(detector, two_faces):
     filtered = detector.Detect(detect_pb2.DetectRequest(image=two_faces, min_score=between),
                                timeout=10).detections
     assert [d.score for d in filtered] == scores[:1]
+
+
+def test_null_detector_through_the_proxy(detector, images):
+    response = detector.Detect(detect_pb2.DetectRequest(image=images["coffee.png"],
+                                                        model="null_detector"), timeout=10)
+    assert response.model == "null_detector"
+    [fixed] = response.detections
+    assert (fixed.label, fixed.class_id) == ("object", 0)
+    assert fixed.score == pytest.approx(0.99)
+    assert (fixed.box.x_min, fixed.box.y_min, fixed.box.x_max, fixed.box.y_max) == (8, 8, 24, 24)
