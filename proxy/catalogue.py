@@ -36,6 +36,7 @@ class DetectorModel:
     name: str
     input_name: str
     batching: bool
+    max_batch_size: int
     labels: tuple[str, ...]
     outputs: tuple[triton_aio.InferRequestedOutput, ...]
 
@@ -53,14 +54,15 @@ def _contract_errors(inputs: dict[str, str], outputs: dict[str, str]) -> list[st
     return problems
 
 
-def _build(name: str, inputs: dict[str, str], outputs: dict[str, str], batching: bool,
+def _build(name: str, inputs: dict[str, str], outputs: dict[str, str], max_batch_size: int,
            labels: tuple[str, ...]) -> DetectorModel:
     problems = _contract_errors(inputs, outputs)
     if problems:
         raise ProxyError(grpc.StatusCode.INVALID_ARGUMENT,
                          f"model '{name}' is not a detector: {'; '.join(problems)}")
     requested = tuple(triton_aio.InferRequestedOutput(o) for o in CONTRACT_OUTPUTS)
-    return DetectorModel(name, next(iter(inputs)), batching, labels, requested)
+    return DetectorModel(name, next(iter(inputs)), max_batch_size > 0, max_batch_size, labels,
+                         requested)
 
 
 def from_config(config: mc.ModelConfig) -> DetectorModel:
@@ -70,13 +72,15 @@ def from_config(config: mc.ModelConfig) -> DetectorModel:
     return _build(config.name,
                   {t.name: _CONFIG_TYPES.get(t.data_type, "?") for t in config.input},
                   {t.name: _CONFIG_TYPES.get(t.data_type, "?") for t in config.output},
-                  config.max_batch_size > 0, labels)
+                  config.max_batch_size, labels)
 
 
 def from_metadata(meta) -> DetectorModel:
     inputs = {t.name: t.datatype for t in meta.inputs}
+    # ModelMetadata shows a batch dimension but not its limit: send one image per call.
     batching = bool(meta.inputs) and len(meta.inputs[0].shape) > 1 and meta.inputs[0].shape[0] == -1
-    return _build(meta.name, inputs, {t.name: t.datatype for t in meta.outputs}, batching, ())
+    return _build(meta.name, inputs, {t.name: t.datatype for t in meta.outputs},
+                  1 if batching else 0, ())
 
 
 class Catalogue:

@@ -26,6 +26,8 @@ class ProxyConfig:
     max_image_height: int = 4096
     max_in_flight: int = 256
     upstream_timeout_ms: int = 30_000
+    batch_max_wait_us: int = 0
+    batch_max_size: int = 0
     retry_max_attempts: int = 2
     retry_backoff_base_ms: int = 25
     retry_backoff_max_ms: int = 250
@@ -59,6 +61,9 @@ HELP: dict[str, str] = {
     "max_image_height": "tallest image accepted, in pixels (read from the header)",
     "max_in_flight": "calls handled at once; more get RESOURCE_EXHAUSTED immediately",
     "upstream_timeout_ms": "timeout of the Triton call when the caller sets no deadline",
+    "batch_max_wait_us": "aggregate concurrent calls for a model into one ModelInfer, "
+                         "waiting at most this long for company (0: off)",
+    "batch_max_size": "cap on images per aggregated ModelInfer (0: the model's max_batch_size)",
     "retry_max_attempts": "retries of a Triton call that got no answer (UNAVAILABLE); 0 disables",
     "retry_backoff_base_ms": "first retry waits up to this long (full jitter, doubling)",
     "retry_backoff_max_ms": "upper bound of a retry's wait",

@@ -17,6 +17,7 @@ from detect.v1 import detect_pb2
 
 from .catalogue import Catalogue, DetectorModel
 from .config import ProxyConfig
+from .batcher import MicroBatcher
 from .breaker import CircuitBreaker
 from .errors import ProxyError, from_upstream, is_unknown_model, upstream_code
 from .image_header import ImageInfo, ImageRejected, inspect
@@ -56,12 +57,14 @@ def validate_fields(request: detect_pb2.DetectRequest) -> None:
         raise _invalid(f"max_detections must be >= 0, got {request.max_detections}")
 
 
-def build_response(result: triton_aio.InferResult, model: DetectorModel, info: ImageInfo,
-                   request: detect_pb2.DetectRequest) -> detect_pb2.DetectResponse:
-    count = int(result.as_numpy("num_detections").reshape(-1)[0])
-    boxes = result.as_numpy("detection_boxes").reshape(-1, 4)[:count]
-    scores = result.as_numpy("detection_scores").reshape(-1)[:count]
-    classes = result.as_numpy("detection_classes").reshape(-1)[:count]
+def build_response(result: triton_aio.InferResult, row: int, model: DetectorModel,
+                   info: ImageInfo, request: detect_pb2.DetectRequest) -> detect_pb2.DetectResponse:
+    """The caller's answer from row ``row`` of a (possibly batched) ModelInfer result."""
+    take = (lambda a: a[row]) if model.batching else (lambda a: a)
+    count = int(take(result.as_numpy("num_detections")).reshape(-1)[0])
+    boxes = take(result.as_numpy("detection_boxes")).reshape(-1, 4)[:count]
+    scores = take(result.as_numpy("detection_scores")).reshape(-1)[:count]
+    classes = take(result.as_numpy("detection_classes")).reshape(-1)[:count]
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= request.min_score]
     if request.max_detections:
@@ -90,6 +93,10 @@ class DetectorService:
         self._catalogue = catalogue
         self._telemetry = telemetry
         self._in_flight = 0
+        self._batcher = None
+        if config.batch_max_wait_us > 0:
+            self._batcher = MicroBatcher(config.batch_max_wait_us / 1e6, config.batch_max_size,
+                                         self._infer)
 
     async def Detect(self, request: detect_pb2.DetectRequest | None,
                      context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
@@ -162,17 +169,26 @@ class DetectorService:
             remaining = self._config.upstream_timeout_ms / 1000
         elif remaining <= 0:
             raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
-        result = await self._infer(model, request.image, remaining, request_id)
-        return build_response(result, model, info, request)
+        if self._batcher is not None and model.max_batch_size > 1:
+            deadline = asyncio.get_running_loop().time() + remaining
+            result, row = await self._batcher.submit(model, request.image, deadline, request_id)
+        else:
+            result, row = await self._infer(model, [request.image], remaining, [request_id]), 0
+        return build_response(result, row, model, info, request)
 
-    async def _infer(self, model: DetectorModel, image: bytes, timeout_s: float,
-                     request_id: str) -> triton_aio.InferResult:
-        tensor = triton_aio.InferInput(model.input_name, [1, 1] if model.batching else [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[image]] if model.batching else [image],
-                                            dtype=np.object_))
+    async def _infer(self, model: DetectorModel, images: list[bytes], timeout_s: float,
+                     request_ids: list[str]) -> triton_aio.InferResult:
+        """One ModelInfer for ``images`` (one row each), with breaker and retries."""
+        shape = [len(images), 1] if model.batching else [1]
+        tensor = triton_aio.InferInput(model.input_name, shape, "BYTES")
+        array = np.empty(shape, dtype=np.object_)
+        array.reshape(-1)[:] = images
+        tensor.set_data_from_numpy(array)
+        # A single call's id travels as Triton's request id; a batch's ids as a list.
+        request_id = ",".join(i for i in request_ids if i)
         deadline = time.monotonic() + timeout_s
         self._budget.record_call()
-        self._telemetry.upstream_batch.record(1, {"model": model.name})
+        self._telemetry.upstream_batch.record(len(images), {"model": model.name})
         attempt = 0
         while True:
             if not self._breaker.allow():

@@ -84,7 +84,7 @@ def _service(client: FakeClient, **overrides) -> tuple[DetectorService, CircuitB
 
 
 def _infer(service: DetectorService, timeout_s: float = 5.0):
-    return asyncio.run(service._infer(_model(), b"img", timeout_s, "rid"))
+    return asyncio.run(service._infer(_model(), [b"img"], timeout_s, ["rid"]))
 
 
 def test_unavailable_is_retried_then_succeeds():
