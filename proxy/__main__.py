@@ -6,14 +6,17 @@ import asyncio
 import logging
 import sys
 
-from . import logs, memory
+from . import logs, memory, workers
 from .config import parse
 from .server import run
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     config = parse(argv)
     logs.setup(config.log_level)
+    if config.processes > 1:
+        return workers.run(config, argv)
     memory.fix_malloc_mmap_threshold()
     try:
         asyncio.run(run(config))

@@ -18,6 +18,7 @@ from .image_header import ImageLimits
 @dataclass(frozen=True)
 class ProxyConfig:
     listen: str = "127.0.0.1:50051"
+    processes: int = 1
     triton_url: str = "127.0.0.1:8001"
     pool_size: int = 2
     default_model: str = "face_detector"
@@ -53,6 +54,8 @@ class ProxyConfig:
 
 HELP: dict[str, str] = {
     "listen": "address to serve on: host:port (loopback by default) or unix:/path/to.sock",
+    "processes": "proxy processes to run; process i listens on the --listen port + i "
+                 "(and metrics port + i)",
     "triton_url": "Triton (or Envoy's Triton egress) gRPC address, host:port",
     "pool_size": "persistent HTTP/2 connections to Triton shared by all callers",
     "default_model": "model used when a request names none",
@@ -118,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None = None) -> ProxyConfig:
     config = ProxyConfig(**vars(build_parser().parse_args(argv)))
+    if config.processes < 1:
+        raise SystemExit("--processes must be at least 1")
     if config.pool_size < 1:
         raise SystemExit("--pool-size must be at least 1")
     if config.max_in_flight < 1:
