@@ -23,7 +23,7 @@ export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
 
-.PHONY: soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test clean
+.PHONY: bench bench-smoke soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test clean
 
 all: venv protos models
 
@@ -37,8 +37,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries).
+# Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries)
+# and h2load (nghttp2-client), the load generator of the benchmarks.
 system-deps:
-	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@command -v prometheus >/dev/null && command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus nghttp2-client >/dev/null; }
 
 # gRPC stubs are generated from protos/, never committed or edited (setup.py does the same
 # when the package is built, so `pip install` of this project provides them too).
@@ -86,6 +88,15 @@ run: venv protos models testdata envoy-config prometheus-config
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
 test: venv system-deps protos models testdata
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+# Benchmarks (loadtest/bench.py): results in loadtest/results/bench. The smoke run (< 60 s)
+# is also part of `make test`, so the harness keeps working.
+BENCH_ARGS ?=
+bench: venv system-deps protos models testdata
+	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+
+bench-smoke: venv system-deps protos models testdata
+	$(BIN)/python loadtest/bench.py --smoke --out build/bench-smoke
 
 # Long-running soak of the whole stack (not part of `make test`): 10 minutes by default.
 SOAK_ARGS ?=
