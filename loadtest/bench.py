@@ -14,6 +14,7 @@ backend (ModelStatistics). Loopback only; every run is bounded in requests and t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,11 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import grpc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 from detect.v1 import detect_pb2  # noqa: E402
 from promtext import scrape, value  # noqa: E402
-from servers import free_port, localtriton, proxy  # noqa: E402
+from servers import free_port, localtriton, proxy, running  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -74,59 +76,96 @@ def batch_histogram(triton_url: str, model: str) -> dict[str, int]:
     return {str(b.batch_size): b.compute_infer.count for b in stats.batch_stats}
 
 
-def scenario(name: str, tmp: Path, image: bytes, model: str, requests: int, clients: int,
-             streams: int, proxy_flags: tuple[str, ...], timeout_s: float) -> dict:
+def backend_rows(triton_url: str, model: str) -> int:
+    """Rows the backend inferred (a batched request counts each of its images)."""
+    with grpcclient.InferenceServerClient(triton_url) as client:
+        return client.get_inference_statistics(model).model_stats[0].inference_count
+
+
+@contextlib.contextmanager
+def front_end(kind: str, tmp: Path, triton_url: str, flags: tuple[str, ...]):
+    """(target, pid, metrics_port) of the server under test: the product or a baseline."""
+    if kind == "proxy":
+        metrics_port = free_port()
+        with proxy(tmp, triton_url, "--log-level", "warning", *flags,
+                   metrics_port=metrics_port) as (target, proc):
+            yield target, proc.popen.pid, metrics_port
+        return
+    script = {"client-per-request": "baseline_client_per_request.py",
+              "floor": "passthrough_floor.py"}[kind]
+    target = f"127.0.0.1:{free_port()}"
+    args = [sys.executable, str(ROOT / "loadtest" / script), "--listen", target,
+            "--triton-url", triton_url]
+
+    def ready() -> bool:
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=1)
+            return True
+
+    with running(args, tmp / f"{kind}.log", ready) as proc:
+        yield target, proc.popen.pid, 0
+
+
+def scenario(name: str, tmp: Path, triton: tuple[str, int], image: bytes, model: str,
+             requests: int, clients: int, streams: int, kind: str,
+             flags: tuple[str, ...], timeout_s: float) -> dict:
+    triton_url, triton_pid = triton
     body = tmp / f"{name}.bin"
     body.write_bytes(grpc_frame(detect_pb2.DetectRequest(image=image, model=model)
                                 .SerializeToString()))
-    metrics_port = free_port()
-    with localtriton(tmp) as (triton_url, backend), \
-            proxy(tmp, triton_url, "--log-level", "warning", *proxy_flags,
-                  metrics_port=metrics_port) as (target, front):
-        pids = {"proxy": front.popen.pid, "localtriton": backend.popen.pid}
-        before_metrics = scrape(metrics_port)
+    with front_end(kind, tmp, triton_url, flags) as (target, pid, metrics_port):
+        pids = {"front": pid, "localtriton": triton_pid}
+        before_metrics = scrape(metrics_port) if metrics_port else []
+        before_ok = backend_rows(triton_url, model)
         before_batches = batch_histogram(triton_url, model)
         before_cpu = {k: cpu_seconds(p) for k, p in pids.items()}
         load = run_h2load(target, body, requests, clients, streams, tmp / f"{name}.log",
                           timeout_s)
         after_cpu = {k: cpu_seconds(p) for k, p in pids.items()}
-        after_metrics = scrape(metrics_port)
+        after_metrics = scrape(metrics_port) if metrics_port else []
+        after_ok = backend_rows(triton_url, model)
         after_batches = batch_histogram(triton_url, model)
     calls = "rpc_server_duration_milliseconds_count"
-    ok = value(after_metrics, calls, status="OK") - value(before_metrics, calls, status="OK")
-    total = value(after_metrics, calls) - value(before_metrics, calls)
     lat = load.pop("latencies_ms")
-    return {
-        "scenario": name, "model": model, "requests": requests, "clients": clients,
-        "streams_per_client": streams, "proxy_flags": list(proxy_flags), **load,
+    result = {
+        "scenario": name, "front": kind, "model": model, "requests": requests,
+        "clients": clients, "streams_per_client": streams, "flags": list(flags), **load,
         "rps": round(requests / load["elapsed_s"], 1),
         "latency_ms": {"p50": round(percentile(lat, 50), 3), "p95": round(percentile(lat, 95), 3),
                        "p99": round(percentile(lat, 99), 3),
                        "mean": round(statistics.fmean(lat), 3)},
-        "proxy_calls": {"total": int(total), "ok": int(ok), "failed": int(total - ok)},
+        # Rows the backend answered successfully: the cross-check h2load cannot make.
+        "backend_ok_rows": after_ok - before_ok,
         "cpu_ms_per_request": {k: round((after_cpu[k] - before_cpu[k]) * 1000 / requests, 3)
                                for k in pids},
         "backend_batch_sizes": {k: v - before_batches.get(k, 0) for k, v in after_batches.items()
                                 if v - before_batches.get(k, 0)},
     }
+    if metrics_port:
+        ok = value(after_metrics, calls, status="OK") - value(before_metrics, calls, status="OK")
+        total = value(after_metrics, calls) - value(before_metrics, calls)
+        result["proxy_calls"] = {"total": int(total), "ok": int(ok), "failed": int(total - ok)}
+    return result
 
 
 def markdown(results: list[dict], command: str) -> str:
     rows = "\n".join(
         f"| {r['scenario']} | {r['model']} | {r['rps']} | {r['latency_ms']['p50']} | "
-        f"{r['latency_ms']['p95']} | {r['latency_ms']['p99']} | {r['proxy_calls']['ok']}/"
-        f"{r['proxy_calls']['total']} | {r['cpu_ms_per_request']['proxy']} | "
-        f"{r['cpu_ms_per_request']['localtriton']} | {r['backend_batch_sizes']} |"
+        f"{r['latency_ms']['p95']} | {r['latency_ms']['p99']} | "
+        f"{r.get('proxy_calls', {}).get('ok', '-')} | {r['backend_ok_rows']} | "
+        f"{r['cpu_ms_per_request']['front']} | {r['cpu_ms_per_request']['localtriton']} | "
+        f"{r['backend_batch_sizes']} |"
         for r in results)
     return f"""# Benchmark
 
 Command: `{command}`
 
 RPS and latencies are from h2load on this (shared, noisy) machine: compare rows of one run,
-not absolute numbers across runs. Successes are the proxy's own count of OK calls.
+not absolute numbers across runs. h2load cannot read grpc-status: successes are the
+proxy's own count of OK calls and the rows the backend answered.
 
-| scenario | model | RPS | p50 ms | p95 ms | p99 ms | OK / calls (proxy) | proxy CPU ms/req | backend CPU ms/req | backend batch sizes |
-|---|---|---|---|---|---|---|---|---|---|
+| scenario | model | RPS | p50 ms | p95 ms | p99 ms | OK (proxy) | OK rows (backend) | front CPU ms/req | backend CPU ms/req | backend batch sizes |
+|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 """
 
@@ -145,24 +184,29 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     requests = min(args.requests, 200 if args.smoke else 100_000)
     image = args.image.read_bytes()
+    # (name, model, front end, flags): measured side by side against one backend.
     scenarios = [
-        ("null_detector", "null_detector", ()),
-        ("null_detector+aggregation", "null_detector", ("--batch-max-wait-us", "2000")),
+        ("proxy", "null_detector", "proxy", ()),
+        ("proxy+aggregation", "null_detector", "proxy", ("--batch-max-wait-us", "2000")),
+        ("floor", "null_detector", "floor", ()),
+        ("client-per-request", "null_detector", "client-per-request", ()),
     ]
     if not args.smoke:
-        scenarios.append(("face_detector", "face_detector", ()))
+        scenarios.append(("proxy face_detector", "face_detector", "proxy", ()))
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model, flags in scenarios:
-            results.append(scenario(name, Path(tmp), image, model, requests, args.clients,
-                                    args.streams, flags, args.timeout))
+    with tempfile.TemporaryDirectory() as tmp, localtriton(Path(tmp)) as (triton_url, backend):
+        for name, model, kind, flags in scenarios:
+            results.append(scenario(name, Path(tmp), (triton_url, backend.popen.pid), image,
+                                    model, requests, args.clients, args.streams, kind, flags,
+                                    args.timeout))
     command = " ".join(["python", "loadtest/bench.py", *(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps({"command": command, "results": results},
                                                     indent=2) + "\n")
     (args.out / "bench.md").write_text(markdown(results, command))
     print((args.out / "bench.md").read_text())
-    failed = [r["scenario"] for r in results if r["proxy_calls"]["ok"] != r["requests"]]
+    failed = [r["scenario"] for r in results if r["backend_ok_rows"] != r["requests"]
+              or r.get("proxy_calls", {}).get("ok", r["requests"]) != r["requests"]]
     if failed:
         print(f"calls failed in: {failed}", file=sys.stderr)
         return 1

@@ -15,10 +15,12 @@ def test_bench_smoke(tmp_path):
                          cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads((tmp_path / "bench.json").read_text())["results"]
-    assert [r["scenario"] for r in results] == ["null_detector", "null_detector+aggregation"]
+    assert [r["scenario"] for r in results] == ["proxy", "proxy+aggregation", "floor",
+                                                "client-per-request"]
     for r in results:
-        assert r["proxy_calls"] == {"total": 200, "ok": 200, "failed": 0}
+        assert r["backend_ok_rows"] == 200
         assert r["rps"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
-        assert r["cpu_ms_per_request"]["proxy"] > 0
+        assert r["cpu_ms_per_request"]["front"] > 0
         assert sum(int(size) * n for size, n in r["backend_batch_sizes"].items()) == 200
-    assert "| null_detector |" in (tmp_path / "bench.md").read_text()
+    assert results[0]["proxy_calls"] == {"total": 200, "ok": 200, "failed": 0}
+    assert "| client-per-request |" in (tmp_path / "bench.md").read_text()

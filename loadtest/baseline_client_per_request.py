@@ -1,0 +1,61 @@
+"""BASELINE, NOT THE PRODUCT: the seed guide's anti-pattern, for comparison only.
+
+A Detect server that creates a new Triton client (a new channel, a new HTTP/2 connection)
+for every request and closes it afterwards. Benchmarks run it side by side with the proxy
+to show what the shared pool saves; it has no validation, limits or error mapping.
+
+    python loadtest/baseline_client_per_request.py --listen 127.0.0.1:50061 --triton-url 127.0.0.1:8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+
+from detect.v1 import detect_pb2
+
+OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+
+
+def handlers(triton_url: str) -> grpc.GenericRpcHandler:
+    async def detect(request: detect_pb2.DetectRequest, context) -> detect_pb2.DetectResponse:
+        client = triton_aio.InferenceServerClient(triton_url)  # the anti-pattern
+        try:
+            tensor = triton_aio.InferInput("IMAGE", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[request.image]], dtype=np.object_))
+            result = await client.infer(request.model or "null_detector", [tensor],
+                                        outputs=[triton_aio.InferRequestedOutput(o) for o in OUTPUTS])
+        finally:
+            await client.close()
+        count = int(result.as_numpy("num_detections")[0, 0])
+        response = detect_pb2.DetectResponse(model=result.get_response().model_name)
+        for box, score in zip(result.as_numpy("detection_boxes")[0, :count],
+                              result.as_numpy("detection_scores")[0, :count]):
+            response.detections.add(box=detect_pb2.BoundingBox(
+                x_min=box[0], y_min=box[1], x_max=box[2], y_max=box[3]), score=score)
+        return response
+
+    return grpc.method_handlers_generic_handler("detect.v1.Detector", {
+        "Detect": grpc.unary_unary_rpc_method_handler(
+            detect, request_deserializer=detect_pb2.DetectRequest.FromString,
+            response_serializer=detect_pb2.DetectResponse.SerializeToString)})
+
+
+async def serve(listen: str, triton_url: str) -> None:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handlers(triton_url),))
+    server.add_insecure_port(listen)
+    await server.start()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:50061")
+    parser.add_argument("--triton-url", default="127.0.0.1:8001")
+    args = parser.parse_args()
+    asyncio.run(serve(args.listen, args.triton_url))
