@@ -31,6 +31,8 @@ all: venv protos models
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet grpcio-tools
+	$(BIN)/python -c 'import setup; setup.generate_stubs()'  # before the install, so it maps them
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 

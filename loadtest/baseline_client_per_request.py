@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from detect.v1 import detect_pb2
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generated stubs
+from detect.v1 import detect_pb2  # noqa: E402
 
 OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project and its test harness
 
 import grpc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402

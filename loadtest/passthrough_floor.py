@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from pathlib import Path
 import struct
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from detect.v1 import detect_pb2
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generated stubs
+from detect.v1 import detect_pb2  # noqa: E402
 
 OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,23 @@ TESTDATA = ROOT / "build" / "testdata"
 DOWNLOADS = ROOT / "build" / "downloads"
 
 
+# Ports for servers come from below the kernel's ephemeral range (32768+ by default): a
+# port picked there could be taken as the local port of some outgoing connection between
+# the moment it is picked and the moment the server binds it.
+_PORTS = list(range(20000, 32000))
+random.shuffle(_PORTS)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while _PORTS:
+        port = _PORTS.pop()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left in 20000-32000")
 
 
 @dataclass

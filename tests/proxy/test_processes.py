@@ -11,14 +11,13 @@ import time
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import running, serving
+from servers import free_port, running, serving
 
 
 def _consecutive_free_ports(count: int) -> int:
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+        base = free_port()
+        sockets = []
         try:
             sockets = []
             for i in range(count):
