@@ -41,6 +41,7 @@ class ProxyConfig:
     http2_max_pings_without_data: int = 2
     max_reconnect_backoff_ms: int = 1_000
     health_interval_ms: int = 1_000
+    health_failure_threshold: int = 2
     drain_delay_s: float = 2.0
     shutdown_grace_s: float = 10.0
     metrics_port: int = 9464
@@ -79,6 +80,7 @@ HELP: dict[str, str] = {
     "http2_max_pings_without_data": "pings sent without data in between (0: unlimited)",
     "max_reconnect_backoff_ms": "upper bound of the reconnect backoff to Triton",
     "health_interval_ms": "how often Triton and the default model are checked for readiness",
+    "health_failure_threshold": "consecutive failed checks before health says NOT_SERVING",
     "drain_delay_s": "on SIGTERM/SIGINT, seconds to keep serving while health says "
                      "NOT_SERVING, so balancers stop sending before the listener closes",
     "shutdown_grace_s": "then, seconds in-flight calls get to finish",

@@ -20,31 +20,41 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 class ReadinessWatcher:
     def __init__(self, pool: TritonPool, servicer: health.aio.HealthServicer,
-                 model: str, interval_s: float) -> None:
+                 model: str, interval_s: float, failure_threshold: int = 2) -> None:
         self._pool = pool
         self._servicer = servicer
         self._model = model
         self._interval = interval_s
+        self._failure_threshold = failure_threshold
+        self._failures = 0
         self.serving: bool | None = None
         self.drained = False
         self._task: asyncio.Task | None = None
 
-    async def check(self) -> tuple[bool, str]:
+    async def _check_one(self, client) -> tuple[bool, str]:
         timeout = max(self._interval, 0.5)
         try:
-            for client in self._pool.clients:
-                if not await client.is_server_ready(client_timeout=timeout):
-                    return False, "Triton reports not ready"
-            if not await self._pool.clients[0].is_model_ready(self._model, client_timeout=timeout):
+            if not await client.is_server_ready(client_timeout=timeout):
+                return False, "Triton reports not ready"
+            if not await client.is_model_ready(self._model, client_timeout=timeout):
                 return False, f"model '{self._model}' is not ready"
         except InferenceServerException as exc:
             return False, f"Triton unreachable ({exc.status()})"
         return True, "Triton and the default model are ready"
 
+    async def check(self) -> tuple[bool, str]:
+        """Ready when any pooled connection gets a ready answer: behind Envoy's egress a
+        single check can land on one hung replica that Envoy is about to route around."""
+        answers = await asyncio.gather(*(self._check_one(c) for c in self._pool.clients))
+        return next((a for a in answers if a[0]), answers[0])
+
     async def update(self) -> None:
         ok, why = await self.check()
+        self._failures = 0 if ok else self._failures + 1
         if self.drained:
             ok, why = False, "drained by the operator (SIGUSR2 resumes)"
+        elif not ok and self.serving and self._failures < self._failure_threshold:
+            return  # one failed check is not an outage; the next one decides
         if ok != self.serving:
             self.serving = ok
             for service in SERVICES:

@@ -40,7 +40,8 @@ class DetectProxy:
                                       config.breaker_open_ms / 1000)
         self.health = health.aio.HealthServicer()
         self.watcher = ReadinessWatcher(self.pool, self.health, config.default_model,
-                                        config.health_interval_ms / 1000)
+                                        config.health_interval_ms / 1000,
+                                        config.health_failure_threshold)
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", config.max_image_bytes + MESSAGE_OVERHEAD_BYTES),
             ("grpc.so_reuseport", 0),
