@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project and its test harn
 import grpc  # noqa: E402
 
 from detect.v1 import detect_pb2, detect_pb2_grpc  # noqa: E402
+from servers import tcp_peers  # noqa: E402
 from stack import stack  # noqa: E402
 
 
@@ -41,24 +42,6 @@ def _rss_kib(pid: int) -> int:
 
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _connections(pid: int) -> int:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            parts = line.split()
-            if parts[3] == "01" and parts[9] in inodes:
-                count += 1
-    return count
 
 
 def _flat(values: list[int], tolerance: float) -> bool:
@@ -106,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             while time.monotonic() - start < duration:
                 samples.append({"t": round(time.monotonic() - start, 1), **{
                     name: {"rss_kib": _rss_kib(pid), "fds": _fds(pid),
-                           "connections": _connections(pid)}
+                           "connections": tcp_peers(pid)}
                     for name, pid in processes.items()}, "calls_ok": calls["ok"]})
                 time.sleep(args.interval)
             stop.set()

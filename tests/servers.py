@@ -135,8 +135,8 @@ def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
         yield target, proc
 
 
-def tcp_peers(pid: int, remote_port: int) -> int:
-    """Established TCP connections owned by process ``pid`` to ``remote_port`` on loopback."""
+def tcp_peers(pid: int, remote_port: int | None = None) -> int:
+    """Established TCP connections owned by process ``pid`` (to ``remote_port`` if given)."""
     inodes = set()
     fd_dir = Path(f"/proc/{pid}/fd")
     for fd in fd_dir.iterdir():
@@ -155,6 +155,7 @@ def tcp_peers(pid: int, remote_port: int) -> int:
         for line in lines:
             parts = line.split()
             remote, state, inode = parts[2], parts[3], parts[9]
-            if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+            if state == "01" and inode in inodes and (
+                    remote_port is None or int(remote.rsplit(":", 1)[1], 16) == remote_port):
                 count += 1
     return count
