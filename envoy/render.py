@@ -6,7 +6,15 @@ One Envoy process has three parts:
   with a maximum; grpc_stats; JSON access log; x-request-id), routing to the proxy cluster;
 - the Triton egress listener on loopback for the proxies (retries with a budget, per-try
   timeout, outlier detection, circuit breakers, active gRPC health checks, keepalive);
-- the admin interface, on loopback only.
+- the admin interface, on loopback only;
+- optionally (``--ops-port``) a plaintext operations listener for a pod or a host: Envoy's
+  ``/stats/prometheus``, the proxy's ``/metrics`` and the proxies' gRPC health ``Check``,
+  and nothing else of the admin interface, for scrapers and probes that cannot reach
+  loopback.
+
+Replicas are listed as addresses (STATIC clusters) or, with ``--proxy-dns`` /
+``--triton-dns``, as names resolved continually (STRICT_DNS: every address of the name is a
+host), such as a Kubernetes headless Service or a Compose service.
 
 The output is JSON, which Envoy reads as YAML.
 """
@@ -49,6 +57,17 @@ class StackConfig:
     triton_keepalive_timeout_s: int = 20
     health_interval_ms: int = 1000
     access_log: str = "/dev/stdout"
+    # STRICT_DNS discovery instead of fixed addresses (names re-resolved every dns_refresh_s).
+    proxy_dns: bool = False
+    triton_dns: bool = False
+    dns_refresh_s: float = 5.0
+    # Plaintext operations listener on front_address (0: none), and the proxy metrics
+    # address it serves as /metrics (empty: not served).
+    ops_port: int = 0
+    proxy_metrics: str = ""
+    # Front connections are closed gracefully (GOAWAY) after this long, so long-lived
+    # client connections re-balance over replicas added since (0: never).
+    max_connection_duration_s: float = 0.0
 
 
 def _address(host_port: str) -> dict:
@@ -85,8 +104,8 @@ def _grpc_health_check(service: str, interval_ms: int) -> list[dict]:
 
 
 def _cluster(name: str, hosts: list[str], health_service: str, interval_ms: int,
-             keepalive: dict | None = None) -> dict:
-    return {
+             keepalive: dict | None = None, dns_refresh_s: float | None = None) -> dict:
+    cluster = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -97,6 +116,17 @@ def _cluster(name: str, hosts: list[str], health_service: str, interval_ms: int,
         "health_checks": _grpc_health_check(health_service, interval_ms),
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
     }
+    if dns_refresh_s is not None:
+        # Every address the name resolves to is a host, health-checked on its own; replicas
+        # that come and go (pods behind a headless Service) are picked up at each refresh.
+        # (STRICT_DNS, in the typed form that replaces the deprecated cluster fields.)
+        del cluster["type"]
+        cluster["cluster_type"] = {"name": "envoy.cluster.dns", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+            "dns_refresh_rate": _duration(dns_refresh_s),
+            "dns_lookup_family": "V4_PREFERRED",
+            "all_addresses_in_single_endpoint": False}}
+    return cluster
 
 
 def _access_log(path: str, name: str) -> list[dict]:
@@ -217,7 +247,8 @@ def _egress_routes(config: StackConfig) -> list[dict]:
 def _triton_cluster(config: StackConfig) -> dict:
     keepalive = {"interval": f"{config.triton_keepalive_interval_s}s",
                  "timeout": f"{config.triton_keepalive_timeout_s}s"}
-    cluster = _cluster("triton", config.tritons, "", config.health_interval_ms, keepalive)
+    cluster = _cluster("triton", config.tritons, "", config.health_interval_ms, keepalive,
+                       config.dns_refresh_s if config.triton_dns else None)
     cluster["outlier_detection"] = {
         "consecutive_5xx": 5,
         "consecutive_gateway_failure": 2,
@@ -240,7 +271,8 @@ def _triton_cluster(config: StackConfig) -> dict:
 
 def _proxy_cluster(config: StackConfig) -> dict:
     cluster = _cluster("detect_proxy", config.proxies, "detect.v1.Detector",
-                       config.health_interval_ms)
+                       config.health_interval_ms,
+                       dns_refresh_s=config.dns_refresh_s if config.proxy_dns else None)
     cluster["circuit_breakers"] = {"thresholds": [{
         "priority": "DEFAULT", "max_connections": 1024, "max_pending_requests": 4096,
         "max_requests": 4096, "max_retries": 64}]}
@@ -320,23 +352,74 @@ def _front_filters(config: StackConfig) -> list[dict]:
     return filters
 
 
+def _ops_listener(config: StackConfig) -> dict:
+    """What scrapers and probes outside the host's loopback may see, and nothing more: the
+    admin interface can drain and reconfigure Envoy, so only its read-only Prometheus page
+    is routed; the proxies' health Check goes through the proxy cluster, so a probe of this
+    listener tells whether Envoy is up and has a SERVING proxy behind it."""
+    routes: list[dict] = [
+        {"match": {"path": "/stats/prometheus"}, "route": {"cluster": "envoy_admin"}},
+        {"match": {"path": "/grpc.health.v1.Health/Check", "grpc": {}},
+         "route": {"cluster": "detect_proxy", "timeout": "5s"}},
+    ]
+    if config.proxy_metrics:
+        routes.append({"match": {"path": "/metrics"}, "route": {"cluster": "proxy_metrics"}})
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
+    return {
+        "name": "ops",
+        "address": _address(f"{config.front_address}:{config.ops_port}"),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ops",
+                "codec_type": "AUTO",  # HTTP/1.1 scrapes and h2c gRPC probes
+                "route_config": {"name": "ops", "virtual_hosts": [
+                    {"name": "ops", "domains": ["*"], "routes": routes}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            }}]}],
+    }
+
+
+def _plain_cluster(name: str, host_port: str) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": _address(host_port)}}]}]}}
+
+
 def render(config: StackConfig) -> dict:
+    front_hcm = _hcm("front", _front_routes(config), _front_filters(config),
+                     config.access_log, edge=True)
+    if config.max_connection_duration_s:
+        front_hcm["typed_config"]["common_http_protocol_options"] = {
+            "max_connection_duration": _duration(config.max_connection_duration_s)}
     front = {
         "name": "front",
         "address": _address(f"{config.front_address}:{config.front_port}"),
+        # Inbound: `POST /drain_listeners?graceful&inboundonly` drains callers (GOAWAY)
+        # while the egress to Triton stays up for the calls still in flight.
+        "traffic_direction": "INBOUND",
         "per_connection_buffer_limit_bytes": 1 << 20,
         "filter_chains": [{
-            "filters": [_hcm("front", _front_routes(config), _front_filters(config),
-                             config.access_log, edge=True)],
+            "filters": [front_hcm],
             "transport_socket": _tls_context(config),
         }],
     }
     egress = {
         "name": "triton_egress",
         "address": _address(f"127.0.0.1:{config.egress_port}"),
+        "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [
             _hcm("triton_egress", _egress_routes(config), [], config.access_log, edge=False)]}],
     }
+    listeners = [front, egress]
+    clusters = [_proxy_cluster(config), _triton_cluster(config)]
+    if config.ops_port:
+        listeners.append(_ops_listener(config))
+        clusters.append(_plain_cluster("envoy_admin", f"127.0.0.1:{config.admin_port}"))
+        if config.proxy_metrics:
+            clusters.append(_plain_cluster("proxy_metrics", config.proxy_metrics))
     return {
         "node": {"id": "detect-edge", "cluster": "detect"},
         "admin": {"address": _address(f"127.0.0.1:{config.admin_port}"),
@@ -344,8 +427,8 @@ def render(config: StackConfig) -> dict:
                       "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                       "path": "/dev/null"}}]},
         "static_resources": {
-            "listeners": [front, egress],
-            "clusters": [_proxy_cluster(config), _triton_cluster(config)],
+            "listeners": listeners,
+            "clusters": clusters,
         },
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -393,6 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("max_grpc_timeout_s", "per_try_timeout_s"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--access-log", default=d.access_log)
+    p.add_argument("--proxy-dns", action="store_true",
+                   help="--proxy values are DNS names resolved continually (STRICT_DNS)")
+    p.add_argument("--triton-dns", action="store_true",
+                   help="--triton values are DNS names resolved continually (STRICT_DNS), "
+                        "e.g. a Kubernetes headless Service")
+    p.add_argument("--dns-refresh-s", type=float, default=d.dns_refresh_s)
+    p.add_argument("--ops-port", type=int, default=d.ops_port,
+                   help="plaintext listener on --front-address for /stats/prometheus, the "
+                        "proxy's /metrics and gRPC health Check (0: none)")
+    p.add_argument("--proxy-metrics", default=d.proxy_metrics,
+                   help="proxy metrics host:port served as /metrics on --ops-port")
+    p.add_argument("--max-connection-duration-s", type=float,
+                   default=d.max_connection_duration_s,
+                   help="close front connections gracefully after this long (0: never)")
     p.add_argument("--envoy", default=str(Path(sys.executable).parent / "envoy"),
                    help="envoy binary used for validation")
     p.add_argument("--no-validate", action="store_true")
