@@ -11,11 +11,11 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from .errors import ProxyError, from_upstream, is_unknown_model, upstream_code
+from .infer_request import RequestTemplate
 from .pool import TritonPool
 
 log = logging.getLogger("proxy.catalogue")
@@ -38,7 +38,7 @@ class DetectorModel:
     batching: bool
     max_batch_size: int
     labels: tuple[str, ...]
-    outputs: tuple[triton_aio.InferRequestedOutput, ...]
+    request: RequestTemplate
 
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else ""
@@ -60,9 +60,10 @@ def _build(name: str, inputs: dict[str, str], outputs: dict[str, str], max_batch
     if problems:
         raise ProxyError(grpc.StatusCode.INVALID_ARGUMENT,
                          f"model '{name}' is not a detector: {'; '.join(problems)}")
-    requested = tuple(triton_aio.InferRequestedOutput(o) for o in CONTRACT_OUTPUTS)
-    return DetectorModel(name, next(iter(inputs)), max_batch_size > 0, max_batch_size, labels,
-                         requested)
+    input_name = next(iter(inputs))
+    batching = max_batch_size > 0
+    return DetectorModel(name, input_name, batching, max_batch_size, labels,
+                         RequestTemplate(name, input_name, batching, tuple(CONTRACT_OUTPUTS)))
 
 
 def from_config(config: mc.ModelConfig) -> DetectorModel:

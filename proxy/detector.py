@@ -104,6 +104,8 @@ class DetectorService:
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get("x-request-id", "")
         model_name = (request.model if request else "") or self._config.default_model
+        # protobuf hands out a new copy of a bytes field on every access: read it once.
+        image = request.image if request else b""
         code = grpc.StatusCode.OK
         message = ""
         span = self._telemetry.tracer.start_span(
@@ -124,7 +126,7 @@ class DetectorService:
                     raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      f"proxy is at its limit of {self._config.max_in_flight} "
                                      "calls in flight; retry with backoff")
-                return await self._detect(request, model_name, request_id, context)
+                return await self._detect(request, image, model_name, request_id, context)
         except ProxyError as exc:
             code, message = exc.code, exc.message
         except asyncio.CancelledError:  # the caller went away or its deadline passed
@@ -149,17 +151,17 @@ class DetectorService:
                 log.info("Detect", extra={"fields": {
                     "request_id": request_id, "model": model_name, "code": code.name,
                     "duration_ms": round(duration_ms, 3), "client": metadata.get("x-client-id", ""),
-                    "image_bytes": len(request.image) if request else 0,
+                    "image_bytes": len(image),
                     "trace_id": f"{span.get_span_context().trace_id:032x}",
                     **({"error": message} if message else {})}})
         await context.abort(code, message)
 
-    async def _detect(self, request: detect_pb2.DetectRequest, model_name: str,
+    async def _detect(self, request: detect_pb2.DetectRequest, image: bytes, model_name: str,
                       request_id: str, context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         validate_fields(request)
-        self._telemetry.image_size.record(len(request.image))
+        self._telemetry.image_size.record(len(image))
         try:
-            info = inspect(request.image, self._limits)
+            info = inspect(image, self._limits)
         except ImageRejected as exc:
             self._telemetry.rejected.add(1, {"reason": "invalid_image"})
             raise _invalid(str(exc)) from None
@@ -171,21 +173,17 @@ class DetectorService:
             raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
         if self._batcher is not None and model.max_batch_size > 1:
             deadline = asyncio.get_running_loop().time() + remaining
-            result, row = await self._batcher.submit(model, request.image, deadline, request_id)
+            result, row = await self._batcher.submit(model, image, deadline, request_id)
         else:
-            result, row = await self._infer(model, [request.image], remaining, [request_id]), 0
+            result, row = await self._infer(model, [image], remaining, [request_id]), 0
         return build_response(result, row, model, info, request)
 
     async def _infer(self, model: DetectorModel, images: list[bytes], timeout_s: float,
                      request_ids: list[str]) -> triton_aio.InferResult:
         """One ModelInfer for ``images`` (one row each), with breaker and retries."""
-        shape = [len(images), 1] if model.batching else [1]
-        tensor = triton_aio.InferInput(model.input_name, shape, "BYTES")
-        array = np.empty(shape, dtype=np.object_)
-        array.reshape(-1)[:] = images
-        tensor.set_data_from_numpy(array)
         # A single call's id travels as Triton's request id; a batch's ids as a list.
         request_id = ",".join(i for i in request_ids if i)
+        body = model.request.build(images, request_id)
         deadline = time.monotonic() + timeout_s
         self._budget.record_call()
         self._telemetry.upstream_batch.record(len(images), {"model": model.name})
@@ -197,7 +195,7 @@ class DetectorService:
                                  "the model server is unavailable (circuit breaker open; next "
                                  f"probe in {self._breaker.retry_in():.1f}s); retry with backoff")
             try:
-                result = await self._call(model, tensor, deadline - time.monotonic(), request_id)
+                result = await self._call(model, body, deadline - time.monotonic(), request_id)
                 self._breaker.success()
                 return result
             except InferenceServerException as exc:
@@ -222,7 +220,7 @@ class DetectorService:
                       attempt, delay * 1000)
             await asyncio.sleep(delay)
 
-    async def _call(self, model: DetectorModel, tensor: triton_aio.InferInput, timeout_s: float,
+    async def _call(self, model: DetectorModel, body: bytes, timeout_s: float,
                     request_id: str) -> triton_aio.InferResult:
         """One ModelInfer, traced and timed."""
         start = time.perf_counter()
@@ -235,10 +233,8 @@ class DetectorService:
             # egress logs; the trace context as traceparent metadata.
             headers = self._telemetry.inject({"x-request-id": request_id} if request_id else {})
             try:
-                with self._pool.lease() as client:
-                    return await client.infer(model.name, [tensor], outputs=list(model.outputs),
-                                              request_id=request_id, client_timeout=timeout_s,
-                                              headers=headers or None)
+                with self._pool.lease_infer() as model_infer:
+                    return await model_infer(body, timeout_s, tuple(headers.items()))
             except InferenceServerException as exc:
                 outcome = exc.status() or "UNKNOWN"
                 span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))

@@ -10,10 +10,12 @@ flight, so one slow connection does not hold back the rest.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc._utils import get_error_grpc
 
 from .config import ProxyConfig
 
@@ -38,6 +40,26 @@ def channel_args(config: ProxyConfig, index: int) -> list[tuple[str, int | str]]
     ]
 
 
+class ModelInfer:
+    """ModelInfer on one pooled connection, taking request bytes already serialized
+    (``infer_request.RequestTemplate``) so the image is not copied again on the way out.
+    Answers and errors look like tritonclient's: InferResult, InferenceServerException."""
+
+    def __init__(self, client: triton_aio.InferenceServerClient) -> None:
+        # tritonclient keeps its channel private; the call shares its connection.
+        self._call = client._channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+            response_deserializer=pb.ModelInferResponse.FromString)
+
+    async def __call__(self, request: bytes, timeout_s: float,
+                       metadata: Sequence[tuple[str, str]] = ()) -> triton_aio.InferResult:
+        try:
+            response = await self._call(request, timeout=timeout_s, metadata=metadata or None)
+        except grpc.RpcError as exc:
+            raise get_error_grpc(exc) from None
+        return triton_aio.InferResult(response)
+
+
 class TritonPool:
     def __init__(self, config: ProxyConfig) -> None:
         self.url = config.triton_url
@@ -45,6 +67,7 @@ class TritonPool:
             triton_aio.InferenceServerClient(config.triton_url, channel_args=channel_args(config, i))
             for i in range(config.pool_size)
         ]
+        self._model_infer = [ModelInfer(c) for c in self.clients]
         self._in_flight = [0] * len(self.clients)
         self._next = 0
 
@@ -52,17 +75,29 @@ class TritonPool:
         return len(self.clients)
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[triton_aio.InferenceServerClient]:
-        """The least busy client; ties go round-robin so idle connections stay warm."""
+    def _least_busy(self) -> Iterator[int]:
+        """The least busy connection; ties go round-robin so idle connections stay warm."""
         n = len(self.clients)
         start = self._next
         self._next = (start + 1) % n
         best = min(range(start, start + n), key=lambda i: self._in_flight[i % n]) % n
         self._in_flight[best] += 1
         try:
-            yield self.clients[best]
+            yield best
         finally:
             self._in_flight[best] -= 1
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[triton_aio.InferenceServerClient]:
+        """A tritonclient client for control calls (config, metadata, readiness)."""
+        with self._least_busy() as index:
+            yield self.clients[index]
+
+    @contextlib.contextmanager
+    def lease_infer(self) -> Iterator[ModelInfer]:
+        """ModelInfer on the least busy connection, for the hot path."""
+        with self._least_busy() as index:
+            yield self._model_infer[index]
 
     def in_flight(self) -> list[int]:
         return list(self._in_flight)

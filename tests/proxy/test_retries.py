@@ -46,11 +46,13 @@ def _result() -> InferResult:
 
 
 class FakeClient:
+    """The pool's ModelInfer callable, failing with the given codes first."""
+
     def __init__(self, failures: list[str]) -> None:
         self.failures = list(failures)
         self.calls = 0
 
-    async def infer(self, *args, **kwargs):
+    async def __call__(self, request: bytes, timeout_s: float, metadata=()):
         self.calls += 1
         if self.failures:
             raise InferenceServerException("boom", status=f"StatusCode.{self.failures.pop(0)}")
@@ -62,7 +64,7 @@ class FakePool:
         self.client = client
 
     @contextlib.contextmanager
-    def lease(self):
+    def lease_infer(self):
         yield self.client
 
 
