@@ -1,0 +1,273 @@
+"""Capacity model: proxy cores, Envoy cores and GPU replicas for a target request rate.
+
+Inputs are our own measurements, CPU time per request of each process from the benchmark
+(loadtest/bench.py writes loadtest/results/bench/bench.json), plus one assumption this
+project cannot measure without GPUs: the throughput of one Triton GPU replica. The output
+(deploy/CAPACITY.md) states the formula, every input, and which number is an assumption.
+
+    .venv/bin/python deploy/capacity.py --bench loadtest/results/bench/bench.json \\
+        --out deploy/CAPACITY.md [--target-rps 10000] [--target-utilisation 0.65] \\
+        [--gpu-rps-per-replica 500]
+
+The model, for a target rate R and a target utilisation u (the headroom: the HPA's CPU
+target, room for bursts, failures and rollouts):
+
+    proxy cores   = R * cpu_ms_per_request(proxy) / 1000 / u
+    Envoy cores   = R * cpu_ms_per_request(envoy) / 1000 / u
+    proxy pods    = ceil(proxy cores / cores per proxy process)   (one process, one core)
+    GPU replicas  = ceil(R / (gpu_rps_per_replica * u)) + spare replicas
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BENCH = ROOT / "loadtest" / "results" / "bench" / "bench.json"
+DEFAULT_OUT = ROOT / "deploy" / "CAPACITY.md"
+
+# Scenarios of loadtest/bench.py the model needs, and what each contributes.
+PROXY = "proxy"                    # proxy CPU per call (null_detector, no aggregation)
+AGGREGATION = "proxy+aggregation"  # the same with request aggregation
+EDGE = "envoy+proxy"               # through Envoy with TLS: proxy CPU and Envoy CPU per call
+REQUIRED = (PROXY, AGGREGATION, EDGE)
+
+# The HPA's CPU target in deploy/k8s/autoscaling.yaml: the fleet this model sizes is the
+# one the autoscaler converges to at the target rate.
+DEFAULT_UTILISATION = 0.65
+# ASSUMPTION, not measured here (no GPU): face_detector requests per second one Triton
+# replica on one mid-range data-centre GPU sustains, with the Python-backend decode and
+# letterbox in front of CenterFace. Measure yours (perf_analyzer against the ensemble, or
+# loadtest/bench.py against Triton) and pass --gpu-rps-per-replica.
+DEFAULT_GPU_RPS = 500.0
+
+
+class InputError(SystemExit):
+    """A bench file the model cannot use: the message says what is missing and where."""
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    model: str
+    rps: float
+    cpu_ms: dict[str, float]
+    latency_ms: dict[str, float]
+
+
+def load(path: Path) -> tuple[str, dict[str, Row]]:
+    """The bench file's command and one row per scenario the model needs. Several rows of
+    one scenario (repeats, models): the one with the most proxy CPU per request, so that
+    the estimate errs on the side of more capacity."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; run the benchmark first (make bench)")
+    try:
+        data = json.loads(path.read_text())
+        results = data["results"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a bench result ({{'command', 'results': [...]}}): {exc}")
+    rows: dict[str, Row] = {}
+    for entry in results:
+        try:
+            row = Row(entry["scenario"], entry.get("model", ""), float(entry["rps"]),
+                      {k: float(v) for k, v in entry["cpu_ms_per_request"].items()},
+                      {k: float(v) for k, v in entry.get("latency_ms", {}).items()})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: malformed result {entry!r}: {exc}")
+        if row.scenario not in REQUIRED:
+            continue
+        best = rows.get(row.scenario)
+        if best is None or row.cpu_ms.get("front", 0) > best.cpu_ms.get("front", 0):
+            rows[row.scenario] = row
+    missing = [s for s in REQUIRED if s not in rows]
+    if missing:
+        present = sorted({str(e.get("scenario")) for e in results if isinstance(e, dict)})
+        raise InputError(f"{path}: scenario(s) {', '.join(repr(m) for m in missing)} missing "
+                         f"(present: {', '.join(present) or 'none'}); the capacity model needs "
+                         f"{', '.join(repr(s) for s in REQUIRED)}")
+    for scenario, keys in ((PROXY, ["front"]), (AGGREGATION, ["front"]), (EDGE, ["front", "envoy"])):
+        for key in keys:
+            value = rows[scenario].cpu_ms.get(key)
+            if value is None:
+                raise InputError(f"{path}: scenario {scenario!r} has no "
+                                 f"cpu_ms_per_request.{key}")
+            if not value > 0:
+                raise InputError(f"{path}: scenario {scenario!r} has "
+                                 f"cpu_ms_per_request.{key} = {value}; expected > 0")
+    return str(data.get("command", "")), rows
+
+
+@dataclass(frozen=True)
+class Plan:
+    target_rps: float
+    utilisation: float
+    gpu_rps: float
+    spare_gpu: int
+    proxy_ms: float
+    aggregation_ms: float
+    envoy_ms: float
+
+    def cores(self, ms_per_request: float) -> float:
+        return self.target_rps * ms_per_request / 1000 / self.utilisation
+
+    @property
+    def proxy_cores(self) -> float:
+        return self.cores(self.proxy_ms)
+
+    @property
+    def aggregation_cores(self) -> float:
+        return self.cores(self.aggregation_ms)
+
+    @property
+    def envoy_cores(self) -> float:
+        return self.cores(self.envoy_ms)
+
+    @property
+    def proxy_pods(self) -> int:
+        return math.ceil(self.proxy_cores)  # one proxy process (one core) per pod
+
+    @property
+    def rps_per_pod(self) -> float:
+        return self.utilisation * 1000 / self.proxy_ms
+
+    @property
+    def envoy_millicores_per_pod(self) -> int:
+        return math.ceil(self.envoy_cores / self.proxy_pods * 1000)
+
+    @property
+    def gpu_replicas(self) -> int:
+        return math.ceil(self.target_rps / (self.gpu_rps * self.utilisation)) + self.spare_gpu
+
+
+def plan(rows: dict[str, Row], target_rps: float, utilisation: float, gpu_rps: float,
+         spare_gpu: int) -> Plan:
+    """Proxy CPU per call is taken from whichever proxy scenario measured more (directly,
+    or behind Envoy with TLS), so the estimate does not depend on which path was cheaper."""
+    return Plan(target_rps, utilisation, gpu_rps, spare_gpu,
+                proxy_ms=max(rows[PROXY].cpu_ms["front"], rows[EDGE].cpu_ms["front"]),
+                aggregation_ms=rows[AGGREGATION].cpu_ms["front"],
+                envoy_ms=rows[EDGE].cpu_ms["envoy"])
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if value < 100 else f"{value:,.0f}"
+
+
+def report(p: Plan, rows: dict[str, Row], source: str, bench_command: str,
+           command: str) -> str:
+    lat = lambda r: " / ".join(_f(r.latency_ms[k]) for k in ("p50", "p95", "p99")
+                               if k in r.latency_ms) or "n/a"
+    inputs = "\n".join(
+        f"| `{r.scenario}` | {r.model or 'n/a'} | {_f(r.rps)} | "
+        f"{_f(r.cpu_ms['front'])} | {_f(r.cpu_ms['envoy']) if 'envoy' in r.cpu_ms else '–'} | "
+        f"{lat(r)} |" for r in (rows[s] for s in REQUIRED))
+    return f"""# Capacity model
+
+Generated by `deploy/capacity.py`; do not edit by hand. Regenerate after a benchmark run:
+
+```sh
+{command}
+```
+
+## Target
+
+**{_f(p.target_rps)} requests per second**, sized so that every part runs at
+**{p.utilisation:.0%}** of its capacity at that rate (`--target-utilisation`; the HPA's
+CPU target in `deploy/k8s/autoscaling.yaml`). The rest is headroom for bursts, a failed
+zone or node, and rolling updates.
+
+## Result
+
+| part | formula | result |
+|---|---|---|
+| proxy CPU | {_f(p.target_rps)} × {_f(p.proxy_ms)} ms / 1000 / {p.utilisation:g} | **{p.proxy_cores:.1f} cores** |
+| proxy pods (one process = one core each) | ⌈{p.proxy_cores:.2f}⌉ | **{p.proxy_pods} pods**, ≈ {_f(p.rps_per_pod)} RPS each |
+| Envoy CPU | {_f(p.target_rps)} × {_f(p.envoy_ms)} ms / 1000 / {p.utilisation:g} | **{p.envoy_cores:.1f} cores**, ≈ {p.envoy_millicores_per_pod} m per pod (sidecar request) |
+| GPU replicas | ⌈{_f(p.target_rps)} / ({_f(p.gpu_rps)} × {p.utilisation:g})⌉ + {p.spare_gpu} spare | **{p.gpu_replicas} replicas** (one GPU each) |
+| proxy CPU with request aggregation | {_f(p.target_rps)} × {_f(p.aggregation_ms)} ms / 1000 / {p.utilisation:g} | {p.aggregation_cores:.1f} cores (if `--batch-max-wait-us` is on) |
+
+Proxy CPU per request is the larger of the `proxy` and `envoy+proxy` measurements
+({_f(rows[PROXY].cpu_ms['front'])} and {_f(rows[EDGE].cpu_ms['front'])} ms). Envoy's is
+the `envoy+proxy` measurement: everything that Envoy process did per call in that scenario
+(TLS termination and the front listener, and the hop to the backend where the scenario
+routes the proxy's backend calls through Envoy's egress, as the sidecar does).
+
+## Inputs
+
+Measured (`{source}`, written by `{bench_command or 'loadtest/bench.py'}`): CPU time per
+request of each process, from `/proc/<pid>/stat` before and after each scenario.
+
+| scenario | model | RPS (bench machine) | proxy CPU ms/request | Envoy CPU ms/request | latency ms p50 / p95 / p99 |
+|---|---|---|---|---|---|
+{inputs}
+
+**Assumption, not measured here** (this project's machines have no GPU): one Triton replica
+on one GPU serves **{_f(p.gpu_rps)} face_detector requests per second**
+(`--gpu-rps-per-replica`). It depends on the GPU, the image sizes, and whether decoding
+runs in the Python backend (CPU) or DALI (GPU). Measure it on the target hardware and
+regenerate; the GPU row scales inversely with it. Spare replicas: {p.spare_gpu}
+(`--spare-gpu-replicas`), for a rolling update or a failed node.
+
+## Caveats
+
+- CPU per request was measured on the benchmark machine's cores; on faster or slower cores
+  the proxy and Envoy rows scale with per-core speed. The RPS column is that machine's,
+  for context only; the model uses CPU time per request, not throughput.
+- The benchmark's requests use `null_detector` with small images; larger images cost the
+  proxy a little more (bytes copied) and Envoy more (TLS, buffering).
+- If the benchmark's `envoy+proxy` scenario sends the proxy's backend calls directly
+  rather than through Envoy's egress, the sidecar's Envoy costs somewhat more than shown:
+  one more plaintext HTTP/2 hop per call.
+- Per-request CPU assumes calls spread evenly over pods; kube-proxy balances connections,
+  so the sidecar Envoy recycles them (120 s) to keep the spread even.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
+                        help="bench.json from loadtest/bench.py")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--target-rps", type=float, default=10_000.0)
+    parser.add_argument("--target-utilisation", type=float, default=DEFAULT_UTILISATION,
+                        help="fraction of capacity used at the target rate (headroom = 1 - "
+                             "this); default: the HPA's CPU target")
+    parser.add_argument("--gpu-rps-per-replica", type=float, default=DEFAULT_GPU_RPS,
+                        help="ASSUMPTION: requests/s one Triton GPU replica serves "
+                             f"(default {DEFAULT_GPU_RPS:g}; measure it on your GPUs)")
+    parser.add_argument("--spare-gpu-replicas", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not 0 < args.target_utilisation <= 1:
+        parser.error("--target-utilisation must be in (0, 1]")
+    if args.target_rps <= 0 or args.gpu_rps_per_replica <= 0 or args.spare_gpu_replicas < 0:
+        parser.error("--target-rps and --gpu-rps-per-replica must be positive, "
+                     "--spare-gpu-replicas not negative")
+    bench_command, rows = load(args.bench)
+    p = plan(rows, args.target_rps, args.target_utilisation, args.gpu_rps_per_replica,
+             args.spare_gpu_replicas)
+
+    def shown(path: Path) -> str:
+        resolved = path.resolve()
+        return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+    command = shlex.join([".venv/bin/python", "deploy/capacity.py", "--bench", shown(args.bench),
+                          "--out", shown(args.out), "--target-rps", f"{args.target_rps:g}",
+                          "--target-utilisation", f"{args.target_utilisation:g}",
+                          "--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}",
+                          "--spare-gpu-replicas", str(args.spare_gpu_replicas)])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report(p, rows, shown(args.bench), bench_command, command))
+    print(f"wrote {shown(args.out)}: {p.proxy_cores:.1f} proxy cores ({p.proxy_pods} pods), "
+          f"{p.envoy_cores:.1f} Envoy cores, {p.gpu_replicas} GPU replicas "
+          f"for {args.target_rps:g} RPS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
