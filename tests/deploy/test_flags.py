@@ -1,0 +1,243 @@
+"""Flags, ports and probes in the deployments match the programs that read them.
+
+Container arguments are parsed with the programs' own parsers (the proxy's, localtriton's,
+which names its flags after tritonserver's, podctl's) or handed to the program itself
+(Envoy's command line, through `envoy --mode validate`); ports are followed from the flags
+into the rendered Envoy configurations, the Services, the probes and the Prometheus targets.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deployfiles import (DEPLOY, admin_port, argv, cluster, cluster_ports, container, find,
+                         flag, listener_port, port_of)
+
+import capacity
+import configs
+import podctl
+from localtriton import options as localtriton_options
+from proxy import config as proxy_config
+
+ENVOY = str(Path(sys.executable).parent / "envoy")
+
+# tritonserver flags localtriton does not have (it has the gRPC and keepalive ones).
+TRITONSERVER_ONLY = {"--strict-readiness", "--allow-http", "--http-port", "--allow-grpc",
+                     "--allow-metrics", "--allow-gpu-metrics"}
+
+
+def proxy_settings(args: list[str]) -> proxy_config.ProxyConfig:
+    assert args[0] == "detect-proxy", args
+    return proxy_config.parse(args[1:])
+
+
+def triton_settings(args: list[str]) -> localtriton_options.Options:
+    """tritonserver's command line, read with localtriton's parser; every flag it does not
+    know must be a tritonserver flag this project knows, so a misspelling fails here."""
+    assert args[0] == "tritonserver", args
+    known, unknown = localtriton_options.build_parser().parse_known_args(args[1:])
+    assert {u.split("=", 1)[0] for u in unknown} <= TRITONSERVER_ONLY, unknown
+    return localtriton_options.Options(**vars(known))
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+def envoy_accepts(args: list[str], config: Path, tls_dir: Path, tmp_path: Path) -> None:
+    """Envoy parses the container's command line and loads the configuration it names."""
+    text = config.read_text().replace(str(configs.TLS_DIR), str(tls_dir))
+    copy = tmp_path / "envoy.json"
+    copy.write_text(text)
+    i = args.index("-c")
+    command = [ENVOY, "--mode", "validate", *args[:i + 1], str(copy), *args[i + 2:]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+
+
+# ---------------------------------------------------------------- Kubernetes proxy pod
+
+
+def test_proxy_flags_parse_and_meet_the_sidecar_envoy(k8s_envoy):
+    pod = find("Deployment", "detect-proxy")
+    settings = proxy_settings(argv(container(pod, "proxy")))
+    assert settings.processes == 1  # the pod is the unit of scale
+    host, port = host_port(settings.listen)
+    assert host == "127.0.0.1"  # only the pod's own Envoy reaches it
+    assert cluster_ports(k8s_envoy, "detect_proxy") == [(host, port)]
+    assert host_port(settings.triton_url) == ("127.0.0.1", listener_port(k8s_envoy, "triton_egress"))
+    assert cluster_ports(k8s_envoy, "proxy_metrics") == [("127.0.0.1", settings.metrics_port)]
+    # Triton through the headless Service, resolved continually.
+    triton = cluster(k8s_envoy, "triton")
+    assert triton["cluster_type"]["name"] == "envoy.cluster.dns"
+    service = find("Service", "triton")
+    assert service["spec"]["clusterIP"] == "None"
+    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert cluster_ports(k8s_envoy, "triton") == [(service["metadata"]["name"], grpc_port)]
+
+
+def test_envoy_sidecar_ports_probes_and_command_line(k8s_envoy, dev_tls, tmp_path):
+    pod = find("Deployment", "detect-proxy")
+    envoy = container(pod, "envoy")
+    front, ops = listener_port(k8s_envoy, "front"), listener_port(k8s_envoy, "ops")
+    assert port_of(envoy, "grpc-tls") == front and port_of(envoy, "ops") == ops
+    assert envoy["readinessProbe"]["grpc"] == {"port": ops, "service": "detect.v1.Detector"}
+    assert envoy["livenessProbe"]["tcpSocket"]["port"] == front
+    assert pod["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ops)
+    for name in ("detect", "detect-headless"):
+        [port] = find("Service", name)["spec"]["ports"]
+        assert port["port"] == front and port["targetPort"] == "grpc-tls"
+    # -c names the ConfigMap's file where the volume mounts it.
+    args = argv(envoy)
+    mount = next(m for m in envoy["volumeMounts"] if m["name"] == "envoy-config")
+    volume = next(v for v in pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "envoy-config")
+    assert flag(args, "-c") == f"{mount['mountPath']}/{volume['configMap']['items'][0]['path']}"
+    tls = next(m for m in envoy["volumeMounts"] if m["name"] == "tls")
+    assert tls["mountPath"] == str(configs.TLS_DIR)
+    envoy_accepts(args, DEPLOY / "k8s" / "envoy" / "envoy.json", dev_tls, tmp_path)
+
+
+def test_shutdown_sequence_fits_the_termination_grace_period(k8s_envoy):
+    pod = find("Deployment", "detect-proxy")
+    spec = pod["spec"]["template"]["spec"]
+    proxy, envoy = container(pod, "proxy"), container(pod, "envoy")
+    settings = proxy_settings(argv(proxy))
+    drain = podctl.build_parser().parse_args(proxy["lifecycle"]["preStop"]["exec"]["command"][1:])
+    assert proxy["lifecycle"]["preStop"]["exec"]["command"][0] == "/opt/venv/bin/podctl"
+    assert drain.command == "drain"
+    assert host_port(drain.admin) == ("127.0.0.1", admin_port(k8s_envoy))
+    # The front listener is closed (Envoy --drain-time-s) before the proxy hears SIGTERM.
+    assert float(flag(argv(envoy), "--drain-time-s")) <= drain.wait_s
+    assert flag(argv(envoy), "--drain-strategy") == "immediate"
+    proxy_done = drain.wait_s + settings.drain_delay_s + settings.shutdown_grace_s
+    envoy_sleep = envoy["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert envoy_sleep >= proxy_done + 1, "Envoy must outlive the proxy's in-flight calls"
+    assert spec["terminationGracePeriodSeconds"] >= envoy_sleep + 5
+    assert spec["terminationGracePeriodSeconds"] >= proxy_done + 5
+
+
+def test_proxy_liveness_does_not_follow_triton(k8s_envoy):
+    proxy = container(find("Deployment", "detect-proxy"), "proxy")
+    command = proxy["livenessProbe"]["exec"]["command"]
+    assert command[0] == "/opt/venv/bin/podctl"
+    probe = podctl.build_parser().parse_args(command[1:])
+    assert probe.command == "health" and probe.any_status
+    assert probe.target == proxy_settings(argv(proxy)).listen
+    assert probe.timeout_s < proxy["livenessProbe"]["timeoutSeconds"]
+
+
+def test_autoscaler_targets_agree_with_the_proxy_and_the_capacity_model():
+    hpa = find("HorizontalPodAutoscaler", "detect-proxy")["spec"]
+    metrics = {m["type"]: m for m in hpa["metrics"]}
+    cpu = metrics["Resource"]["resource"]
+    assert cpu["name"] == "cpu"
+    assert cpu["target"]["averageUtilization"] == round(capacity.DEFAULT_UTILISATION * 100)
+    pods = metrics["Pods"]["pods"]
+    assert pods["metric"]["name"] == "detect_in_flight"  # the proxy's gauge
+    settings = proxy_settings(argv(container(find("Deployment", "detect-proxy"), "proxy")))
+    assert 0 < float(pods["target"]["averageValue"]) <= settings.max_in_flight / 2
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
+
+
+# ---------------------------------------------------------------- Kubernetes Triton
+
+
+def test_triton_flags_match_envoys_egress_keepalive_and_the_service(k8s_envoy):
+    pod = find("Deployment", "triton")
+    triton = container(pod, "triton")
+    settings = triton_settings(argv(triton))
+    keepalive = cluster(k8s_envoy, "triton")["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"][
+        "http2_protocol_options"]["connection_keepalive"]
+    interval_ms = float(keepalive["interval"].rstrip("s")) * 1000
+    # Envoy pings idle connections; Triton must permit that, no more often than it pings.
+    assert settings.grpc_keepalive_permit_without_calls is True
+    assert settings.grpc_http2_min_recv_ping_interval_without_data <= interval_ms
+    assert settings.grpc_http2_max_ping_strikes >= 1
+    grpc, metrics = port_of(triton, "grpc"), port_of(triton, "metrics")
+    assert settings.grpc_port == grpc and settings.metrics_port == metrics
+    assert cluster_ports(k8s_envoy, "triton")[0][1] == grpc
+    ports = {p["name"]: p["port"] for p in find("Service", "triton")["spec"]["ports"]}
+    assert ports == {"grpc": grpc, "metrics": metrics}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert triton[probe]["grpc"]["port"] == grpc, probe
+    assert pod["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(metrics)
+    assert "--allow-http=false" in argv(triton)  # gRPC only: probes and Envoy use gRPC
+    # Triton drains within the grace period.
+    exit_timeout = float(flag(argv(triton), "--exit-timeout-secs"))
+    assert pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= exit_timeout + 5
+
+
+def test_triton_flags_are_the_ones_the_readme_ships():
+    """The README's production tritonserver command and the manifests agree on keepalive."""
+    readme = (DEPLOY.parent / "README.md").read_text()
+    block = readme.split("tritonserver --model-repository=/models", 1)[1].split("```", 1)[0]
+    shipped = {line.strip(" \\") for line in block.splitlines() if line.strip(" \\")}
+    args = set(argv(container(find("Deployment", "triton"), "triton")))
+    keepalive = {a for a in shipped if a.startswith(("--grpc-keepalive", "--grpc-http2"))}
+    assert keepalive and keepalive <= args
+
+
+# ---------------------------------------------------------------- Compose
+
+
+def test_compose_proxies_match_envoy_and_prometheus(compose, compose_envoy):
+    services = compose["services"]
+    settings = proxy_settings(["detect-proxy", *services["proxy"]["command"]])
+    host, first = host_port(settings.listen)
+    ports = [(host, first + i) for i in range(settings.processes)]
+    assert settings.processes == configs.COMPOSE_PROXY_PROCESSES
+    assert cluster_ports(compose_envoy, "detect_proxy") == ports
+    assert host_port(settings.triton_url) == ("127.0.0.1", listener_port(compose_envoy, "triton_egress"))
+    prometheus = configs.compose_prometheus()
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in prometheus["scrape_configs"]}
+    assert jobs["detect-proxy"] == [f"127.0.0.1:{settings.metrics_port + i}"
+                                    for i in range(settings.processes)]
+    assert jobs["envoy"] == [f"127.0.0.1:{admin_port(compose_envoy)}"]
+    # Loopback addresses only work inside Envoy's network namespace.
+    for name in ("proxy", "prometheus"):
+        assert services[name]["network_mode"] == "service:envoy"
+
+
+def test_compose_envoy_ports_and_command_line(compose, compose_envoy, dev_tls, tmp_path):
+    envoy = compose["services"]["envoy"]
+    published = {p.rsplit(":", 2)[-1] for p in envoy["ports"]}
+    assert str(listener_port(compose_envoy, "front")) in published
+    mounts = {v.rsplit(":", 2)[1]: v.rsplit(":", 2)[0] for v in envoy["volumes"]}
+    config = mounts[flag(envoy["command"], "-c")]
+    assert (DEPLOY / config).resolve() == (DEPLOY / "compose" / "envoy.json").resolve()
+    assert str(configs.TLS_DIR) in mounts
+    envoy_accepts(envoy["command"], DEPLOY / "compose" / "envoy.json", dev_tls, tmp_path)
+
+
+def test_compose_triton_matches_kubernetes_and_envoy(compose, compose_envoy):
+    triton = compose["services"]["triton"]
+    settings = triton_settings(triton["command"])
+    k8s = triton_settings(argv(container(find("Deployment", "triton"), "triton")))
+    assert settings == k8s  # same gRPC and keepalive settings on both
+    [(host, port)] = cluster_ports(compose_envoy, "triton")
+    assert (host, port) == ("triton", settings.grpc_port)
+    targets = {j["job_name"]: j["static_configs"][0]["targets"]
+               for j in configs.compose_prometheus()["scrape_configs"]}
+    assert targets["triton"] == [f"triton:{settings.metrics_port}"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    http_port = flag(triton["command"], "--http-port")
+    assert f"127.0.0.1:{http_port}/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("image,target", [("detect-proxy", "proxy"), ("detect-models", "models")])
+def test_compose_and_kubernetes_use_the_same_images(compose, image, target):
+    tags = {s["image"] for s in compose["services"].values() if s["image"].startswith(image + ":")}
+    for s in compose["services"].values():
+        if s["image"].startswith(image + ":") and "build" in s:
+            assert s["build"]["target"] == target
+    k8s = {c["image"] for d in ("detect-proxy", "triton")
+           for c in (find("Deployment", d)["spec"]["template"]["spec"]["containers"]
+                     + find("Deployment", d)["spec"]["template"]["spec"].get("initContainers", []))
+           if c["image"].startswith(image + ":")}
+    assert tags and tags == k8s
