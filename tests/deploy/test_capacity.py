@@ -1,0 +1,129 @@
+"""The capacity model: its arithmetic, its input contract, and the report it writes.
+
+The inputs are a small fixture in the shape loadtest/bench.py writes (bench_fixture.json),
+not real measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deployfiles import DEPLOY
+
+import capacity
+
+FIXTURE = Path(__file__).resolve().parent / "bench_fixture.json"
+REAL_BENCH = DEPLOY.parent / "loadtest" / "results" / "bench" / "bench.json"
+
+
+def fixture_data() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_the_formulas_on_the_fixture():
+    _, rows = capacity.load(FIXTURE)
+    p = capacity.plan(rows, target_rps=10_000, utilisation=0.65, gpu_rps=500, spare_gpu=1)
+    # Proxy CPU: the larger of "proxy" (0.40 ms) and "envoy+proxy" (0.50 ms).
+    assert p.proxy_ms == 0.50
+    assert p.proxy_cores == pytest.approx(10_000 * 0.50 / 1000 / 0.65)
+    assert p.proxy_pods == 8
+    assert p.envoy_cores == pytest.approx(10_000 * 0.20 / 1000 / 0.65)
+    assert p.aggregation_cores == pytest.approx(10_000 * 0.30 / 1000 / 0.65)
+    assert p.gpu_replicas == math.ceil(10_000 / (500 * 0.65)) + 1 == 32
+    assert p.rps_per_pod * p.proxy_pods >= 10_000
+
+
+def test_more_headroom_means_more_of_everything():
+    _, rows = capacity.load(FIXTURE)
+    tight = capacity.plan(rows, 10_000, 0.9, 500, 0)
+    loose = capacity.plan(rows, 10_000, 0.5, 500, 0)
+    assert loose.proxy_cores > tight.proxy_cores and loose.envoy_cores > tight.envoy_cores
+    assert loose.gpu_replicas > tight.gpu_replicas
+
+
+def test_repeated_scenarios_take_the_costlier_row(tmp_path):
+    data = fixture_data()
+    data["results"].append({**data["results"][0], "cpu_ms_per_request": {"front": 0.9}})
+    _, rows = capacity.load(write(tmp_path, data))
+    assert rows["proxy"].cpu_ms["front"] == 0.9
+
+
+@pytest.mark.parametrize("scenario", capacity.REQUIRED)
+def test_a_missing_scenario_is_named(tmp_path, scenario):
+    data = fixture_data()
+    data["results"] = [r for r in data["results"] if r["scenario"] != scenario]
+    with pytest.raises(capacity.InputError, match=f"'{re.escape(scenario)}'.*missing"):
+        capacity.load(write(tmp_path, data))
+
+
+def test_a_missing_envoy_measurement_is_named(tmp_path):
+    data = fixture_data()
+    for r in data["results"]:
+        r["cpu_ms_per_request"].pop("envoy", None)
+    with pytest.raises(capacity.InputError, match="'envoy\\+proxy' has no cpu_ms_per_request.envoy"):
+        capacity.load(write(tmp_path, data))
+
+
+def test_unusable_files_fail_clearly(tmp_path):
+    with pytest.raises(capacity.InputError, match="no such file"):
+        capacity.load(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(capacity.InputError, match="not a bench result"):
+        capacity.load(tmp_path / "bad.json")
+    data = fixture_data()
+    data["results"][0]["cpu_ms_per_request"]["front"] = 0
+    with pytest.raises(capacity.InputError, match="expected > 0"):
+        capacity.load(write(tmp_path, data))
+
+
+def test_command_line_writes_the_report_with_inputs_formula_and_assumption(tmp_path):
+    out = tmp_path / "CAPACITY.md"
+    result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), "--bench", str(FIXTURE),
+                             "--out", str(out), "--gpu-rps-per-replica", "800"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "10,000 requests per second" in text
+    assert "**Assumption, not measured here**" in text and "**800 face_detector" in text
+    assert "10,000 × 0.5 ms / 1000 / 0.65" in text  # the formula with its inputs
+    assert f"**{math.ceil(10_000 / (800 * 0.65)) + 1} replicas**" in text
+    for scenario in capacity.REQUIRED:
+        assert f"| `{scenario}` |" in text
+    assert "--gpu-rps-per-replica 800" in text  # how to regenerate it
+
+
+def test_command_line_reports_a_missing_scenario_and_fails(tmp_path):
+    data = fixture_data()
+    data["results"] = [r for r in data["results"] if r["scenario"] != "envoy+proxy"]
+    result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), "--bench",
+                             str(write(tmp_path, data)), "--out", str(tmp_path / "c.md")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "'envoy+proxy'" in result.stderr and "missing" in result.stderr
+    assert not (tmp_path / "c.md").exists()
+
+
+@pytest.mark.skipif(not (DEPLOY / "CAPACITY.md").exists(), reason="not generated yet")
+def test_committed_report_is_what_the_model_gives_for_the_committed_bench(tmp_path):
+    committed = (DEPLOY / "CAPACITY.md").read_text()
+    command = committed.split("```sh\n", 1)[1].split("\n```", 1)[0].split()
+    assert command[:2] == [".venv/bin/python", "deploy/capacity.py"]
+    out = tmp_path / "CAPACITY.md"
+    args = command[2:]
+    args[args.index("--out") + 1] = str(out)
+    result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), *args],
+                            capture_output=True, text=True, timeout=60, cwd=DEPLOY.parent)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().split("## Target", 1)[1] == committed.split("## Target", 1)[1]

@@ -1,0 +1,179 @@
+"""A proxy pod, as deploy/k8s/proxy.yaml describes it, run on loopback.
+
+Envoy with the pod's rendered settings and the container's own command line, the proxy
+with the container's arguments, localtriton with Triton's keepalive flags from
+deploy/k8s/triton.yaml, found by name through STRICT_DNS like the headless Service. Only
+ports (free ones), the front address (loopback) and the certificate directory differ.
+Then the probes, the ops listener and the preStop drain are exercised for real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from deployfiles import DEPLOY, argv, container, find, flag
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import configs
+import render
+from detect.v1 import detect_pb2, detect_pb2_grpc
+from servers import TESTDATA, free_port, localtriton, proxy, running
+
+ENVOY = str(Path(sys.executable).parent / "envoy")
+PODCTL = [sys.executable, str(DEPLOY / "podctl.py")]
+DRAIN_TIME_S = 1.0  # the manifest's --drain-time-s, shortened to keep the test quick
+
+
+def replaced(args: list[str], values: dict[str, str]) -> list[str]:
+    out = list(args)
+    for name, value in values.items():
+        out[out.index(name) + 1] = value
+    return out
+
+
+def stat(admin: int, name: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=^{name}$", timeout=5) as r:
+        line = r.read().decode().strip()
+    return int(line.rsplit(":", 1)[1]) if line else 0
+
+
+def ops_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def health(target: str, service: str = "detect.v1.Detector") -> int:
+    with grpc.insecure_channel(target) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=3).status
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory, dev_tls):
+    tmp = tmp_path_factory.mktemp("pod")
+    # The pod's TLS volume: the Secret's files and the ConfigMap's SDS file, in one directory.
+    tls = tmp / "tls"
+    tls.mkdir()
+    for name in ("tls.crt", "tls.key"):
+        (tls / name).write_bytes((dev_tls / name).read_bytes())
+    sds = (DEPLOY / "k8s" / "envoy" / configs.SDS_FILE).read_text()
+    (tls / configs.SDS_FILE).write_text(sds.replace(str(configs.TLS_DIR), str(tls)))
+    deployment = find("Deployment", "detect-proxy")
+    triton_args = argv(container(find("Deployment", "triton"), "triton"))
+    keepalive = [a.replace("=", " ", 1).split() for a in triton_args
+                 if a.startswith(("--grpc-keepalive", "--grpc-http2"))]
+    ports = {name: free_port() for name in ("front", "ops", "admin", "egress", "proxy", "metrics")}
+    with localtriton(tmp, *[x for pair in keepalive for x in pair]) as (triton_url, _):
+        proxy_args = replaced(argv(container(deployment, "proxy"))[1:], {
+            "--listen": f"127.0.0.1:{ports['proxy']}",
+            "--triton-url": f"127.0.0.1:{ports['egress']}",
+            "--metrics-port": str(ports["metrics"])})
+        listen = proxy_args.pop(proxy_args.index("--listen") + 1)
+        proxy_args.remove("--listen")
+        metrics = proxy_args.pop(proxy_args.index("--metrics-port") + 1)
+        proxy_args.remove("--metrics-port")
+        with proxy(tmp, f"127.0.0.1:{ports['egress']}", *proxy_args, port=ports["proxy"],
+                   metrics_port=int(metrics), wait_serving=False) as (target, _):
+            assert target == listen
+            config = configs.k8s_envoy(
+                proxies=[target], tritons=[f"localhost:{triton_url.rsplit(':', 1)[1]}"],
+                cert_dir=tls, front_address="127.0.0.1", front_port=ports["front"],
+                ops_port=ports["ops"], admin_port=ports["admin"], egress_port=ports["egress"],
+                proxy_metrics=f"127.0.0.1:{ports['metrics']}",
+                access_log=str(tmp / "access.log"))
+            path = tmp / "envoy.json"
+            path.write_text(json.dumps(render.render(config)))
+            envoy_args = replaced(argv(container(deployment, "envoy")), {
+                "-c": str(path), "--drain-time-s": f"{DRAIN_TIME_S:g}"})
+            ops = f"127.0.0.1:{ports['ops']}"
+
+            def ready() -> bool:  # the readiness probe: gRPC health through the ops port
+                return health(ops) == health_pb2.HealthCheckResponse.SERVING
+
+            with running([ENVOY, *envoy_args], tmp / "envoy.log", ready):
+                yield {**ports, "target": target, "ops_target": ops, "deployment": deployment}
+
+
+def detect(channel: grpc.Channel) -> int:
+    image = (TESTDATA / "astronaut.png").read_bytes()
+    stub = detect_pb2_grpc.DetectorStub(channel)
+    reply = stub.Detect(detect_pb2.DetectRequest(image=image, model="null_detector"), timeout=10)
+    return len(reply.detections)
+
+
+def tls_channel(pod, dev_tls) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials((dev_tls / "ca.crt").read_bytes())
+    return grpc.secure_channel(f"127.0.0.1:{pod['front']}", creds,
+                               options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def test_calls_go_through_tls_to_triton_found_by_name(pod, dev_tls):
+    with tls_channel(pod, dev_tls) as channel:
+        assert detect(channel) == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{pod['admin']}/clusters?format=json",
+                                timeout=5) as r:
+        clusters = {c["name"]: c for c in json.loads(r.read())["cluster_statuses"]}
+    [host] = clusters["triton"]["host_statuses"]
+    assert host["hostname"] == "localhost"  # STRICT_DNS, as with the headless Service
+
+
+def test_ops_listener_serves_metrics_and_probes_and_nothing_of_the_admin(pod, dev_tls):
+    with tls_channel(pod, dev_tls) as channel:
+        detect(channel)
+    status, proxy_metrics = ops_get(pod["ops"], "/metrics")
+    assert status == 200 and "detect_in_flight" in proxy_metrics  # the HPA's metric
+    status, envoy_metrics = ops_get(pod["ops"], "/stats/prometheus")
+    assert status == 200 and "envoy_cluster_upstream_rq_total" in envoy_metrics
+    for path in ("/clusters", "/config_dump", "/quitquitquit", "/drain_listeners", "/"):
+        assert ops_get(pod["ops"], path)[0] == 404, path
+    assert health(pod["ops_target"]) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_liveness_probe_command_succeeds(pod):
+    command = container(pod["deployment"], "proxy")["livenessProbe"]["exec"]["command"]
+    args = replaced(command[1:], {"--target": pod["target"]})
+    result = subprocess.run([*PODCTL, *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    # The readiness-style check fails on a server that does not answer at all.
+    down = subprocess.run([*PODCTL, "health", "--target", f"127.0.0.1:{free_port()}",
+                           "--timeout-s", "0.5"], capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1
+
+
+def test_prestop_drains_callers_while_calls_to_triton_go_on(pod, dev_tls):
+    """Last: the pod's front listener is closed afterwards, as in a terminating pod."""
+    command = container(pod["deployment"], "proxy")["lifecycle"]["preStop"]["exec"]["command"]
+    assert flag(command, "--admin") == "127.0.0.1:9901"
+    args = replaced(command[1:], {"--admin": f"127.0.0.1:{pod['admin']}", "--wait-s": "0"})
+    with tls_channel(pod, dev_tls) as channel:
+        assert detect(channel) == 1
+        before = stat(pod["admin"], "http.front.downstream_cx_drain_close")
+        result = subprocess.run([*PODCTL, *args], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        # While the listener drains, calls still succeed; each connection is told to go.
+        assert detect(channel) == 1
+        assert stat(pod["admin"], "http.front.downstream_cx_drain_close") > before
+    deadline = time.monotonic() + DRAIN_TIME_S + 5
+    while time.monotonic() < deadline:
+        try:
+            with tls_channel(pod, dev_tls) as channel:
+                detect(channel)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the front listener never closed after the drain time")
+    # The egress stays up for calls still in flight: the proxy still reaches Triton.
+    assert health(pod["target"]) == health_pb2.HealthCheckResponse.SERVING
