@@ -23,7 +23,7 @@ export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
 
-.PHONY: bench bench-smoke soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test clean
+.PHONY: bench bench-smoke soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
 
@@ -104,6 +104,20 @@ bench-smoke: venv system-deps protos models testdata
 SOAK_ARGS ?=
 soak: venv protos models testdata
 	$(BIN)/python loadtest/soak.py $(SOAK_ARGS)
+
+# Deployments (deploy/): regenerate the rendered configurations, check them and the
+# manifests offline, and size the fleet from the latest benchmark (deploy/CAPACITY.md).
+deploy-configs: venv
+	$(BIN)/python deploy/configs.py
+
+deploy-check: venv protos models testdata
+	$(BIN)/python deploy/configs.py --check
+	$(BIN)/python deploy/lock.py --check
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+CAPACITY_ARGS ?=
+capacity: venv
+	$(BIN)/python deploy/capacity.py --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
 
 clean:
 	rm -rf $(VENV) build detect $(MODEL)
