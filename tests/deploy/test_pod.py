@@ -29,7 +29,7 @@ from servers import TESTDATA, free_port, localtriton, proxy, running
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 PODCTL = [sys.executable, str(DEPLOY / "podctl.py")]
-DRAIN_TIME_S = 1.0  # the manifest's --drain-time-s, shortened to keep the test quick
+DRAIN_TIME_S = 2.0  # the manifest's --drain-time-s, shortened to keep the test quick
 
 
 def replaced(args: list[str], values: dict[str, str]) -> list[str]:
