@@ -134,7 +134,8 @@ def test_healthchecks_and_probes_use_podctl_where_the_image_puts_it():
 def test_models_image_feeds_triton_on_the_gpu():
     s = stages(DOCKERFILE)
     runs = " ".join(rest for word, rest in s["models-build"] if word == "RUN")
-    assert "fetch_models.py" in runs and "KIND_CPU/kind: ${INSTANCE_KIND}" in runs
+    assert "fetch_models.py" in runs
+    assert "KIND_CPU/kind: ${INSTANCE_KIND}/\" model_repository/centerface/config.pbtxt" in runs
     assert "ARG INSTANCE_KIND=KIND_GPU" in (DEPLOY / "Dockerfile").read_text()
     config = (ROOT / "model_repository" / "centerface" / "config.pbtxt").read_text()
     assert "kind: KIND_CPU" in config  # what the sed rewrites
