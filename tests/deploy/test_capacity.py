@@ -123,6 +123,9 @@ def test_committed_report_is_what_the_model_gives_for_the_committed_bench(tmp_pa
     out = tmp_path / "CAPACITY.md"
     args = command[2:]
     args[args.index("--out") + 1] = str(out)
+    bench = DEPLOY.parent / args[args.index("--bench") + 1]
+    if not bench.exists():
+        pytest.skip(f"{bench} (the report's input) is not in this checkout")
     result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), *args],
                             capture_output=True, text=True, timeout=60, cwd=DEPLOY.parent)
     assert result.returncode == 0, result.stderr
