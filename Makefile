@@ -23,7 +23,7 @@ export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
 
-.PHONY: bench bench-smoke soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
+.PHONY: bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
 
@@ -91,14 +91,20 @@ run: venv protos models testdata envoy-config prometheus-config
 test: venv system-deps protos models testdata
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
-# Benchmarks (loadtest/bench.py): results in loadtest/results/bench. The smoke run (< 60 s)
-# is also part of `make test`, so the harness keeps working.
+# Benchmarks (loadtest/bench.py): results in loadtest/results/bench, the report in
+# loadtest/RESULTS.md. The smoke run (< 60 s) is also part of `make test`, so the harness
+# keeps working.
 BENCH_ARGS ?=
 bench: venv system-deps protos models testdata
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
 bench-smoke: venv system-deps protos models testdata
 	$(BIN)/python loadtest/bench.py --smoke --out build/bench-smoke
+
+# Where the proxy's CPU goes under load (py-spy): build/profile/summary.txt.
+PROFILE_ARGS ?=
+profile: venv system-deps protos models testdata
+	$(BIN)/python loadtest/profile.py $(PROFILE_ARGS)
 
 # Long-running soak of the whole stack (not part of `make test`): 10 minutes by default.
 SOAK_ARGS ?=

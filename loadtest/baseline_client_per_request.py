@@ -1,7 +1,9 @@
 """BASELINE, NOT THE PRODUCT: the seed guide's anti-pattern, for comparison only.
 
 A Detect server that creates a new Triton client (a new channel, a new HTTP/2 connection)
-for every request and closes it afterwards. Benchmarks run it side by side with the proxy
+for every request and closes it afterwards. Python's gRPC would quietly let a new channel
+reuse a previous one's connection through its global subchannel pool, which other
+languages' clients do not do; a local pool per channel gives the real cost. Benchmarks run it side by side with the proxy
 to show what the shared pool saves; it has no validation, limits or error mapping.
 
     python loadtest/baseline_client_per_request.py --listen 127.0.0.1:50061 --triton-url 127.0.0.1:8001
@@ -21,12 +23,17 @@ import tritonclient.grpc.aio as triton_aio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generated stubs
 from detect.v1 import detect_pb2  # noqa: E402
 
+# tritonclient's defaults (unlimited messages) plus a connection of its own per channel.
+CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.use_local_subchannel_pool", 1)]
 OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 
 
 def handlers(triton_url: str) -> grpc.GenericRpcHandler:
     async def detect(request: detect_pb2.DetectRequest, context) -> detect_pb2.DetectResponse:
-        client = triton_aio.InferenceServerClient(triton_url)  # the anti-pattern
+        client = triton_aio.InferenceServerClient(  # the anti-pattern
+            triton_url, channel_args=CHANNEL_ARGS)
         try:
             tensor = triton_aio.InferInput("IMAGE", [1, 1], "BYTES")
             tensor.set_data_from_numpy(np.array([[request.image]], dtype=np.object_))

@@ -1,14 +1,15 @@
-"""Load harness: h2load drives unary gRPC Detect calls; the proxy's metrics say how they ended.
+"""Benchmarks, side by side in one run: the proxy against its baselines, on loopback only.
 
-h2load (Debian nghttp2-client) sends a prebuilt gRPC frame (5-byte prefix + a serialized
-DetectRequest) over HTTP/2. It does not read grpc-status, so every HTTP 200 counts as a
-success there: the real outcome comes from the proxy's own call counter, read before and
-after. Also recorded: RPS, latency percentiles (from h2load's per-request log), CPU-seconds
-per request of every process (from /proc/<pid>/stat), and the batch-size histogram of the
-backend (ModelStatistics). Loopback only; every run is bounded in requests and time.
+Every scenario drives unary Detect calls with h2load (closed loop: fixed concurrency; open
+loop: fixed arrival rate) through one front end, while a Python client samples answers for
+correctness (loadtest/sampler.py). h2load does not read grpc-status, so outcomes are
+cross-checked with the proxy's own OK counter and the rows the backend inferred. CPU per
+request comes from /proc for every process, the batch-size histogram from the backend's
+ModelStatistics. Results: bench.json and bench.md in --out; a full run also regenerates
+loadtest/RESULTS.md (loadtest/report.py). Each run is bounded in requests and time.
 
-    make bench-smoke     # < 60 s, also run by CI so the harness keeps working
-    .venv/bin/python loadtest/bench.py --requests 2000 --clients 4 --streams 16
+    make bench          # full run, a few minutes
+    make bench-smoke    # < 60 s, part of `make test` so the harness keeps working
 """
 
 from __future__ import annotations
@@ -16,199 +17,307 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
+import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project and its test harness
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "loadtest")]
 
 import grpc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
+import h2load  # noqa: E402
+import onnxruntime_inprocess  # noqa: E402
+import report  # noqa: E402
 from detect.v1 import detect_pb2  # noqa: E402
+from h2load import Load, grpc_frame  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 from promtext import scrape, value  # noqa: E402
+from proxy.catalogue import from_config  # noqa: E402
+from sampler import Sampler, expected_detections  # noqa: E402
 from servers import free_port, localtriton, proxy, running  # noqa: E402
+from stack import envoy, make_certs, stack  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def grpc_frame(message: bytes) -> bytes:
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+DETECT_PATH = "/detect.v1.Detector/Detect"
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+# Envoy's rate limits are a feature under test elsewhere; here they must not shape the load.
+UNLIMITED = {"global_rps": 1_000_000, "global_burst": 1_000_000,
+             "client_rps": 1_000_000, "client_burst": 1_000_000, "per_try_timeout_s": 60.0}
+PROXY_FLAGS = ("--log-level", "warning")
+NO_AGGREGATION = ("--batch-max-wait-us", "0")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+@dataclass
+class Front:
+    """What a scenario sends to: URL, the processes to charge CPU to, how to check results."""
+    url: str
+    pids: dict[str, list[int]]  # role -> pids (front, envoy, localtriton)
+    channel: Callable[[], grpc.Channel] | None = None  # for the sampling client
+    proxy_metrics: list[int] = field(default_factory=list)  # proxies' Prometheus ports
+    path: str = DETECT_PATH
 
 
-def run_h2load(target: str, body: Path, requests: int, clients: int, streams: int,
-               log_file: Path, timeout_s: float) -> dict:
-    args = ["h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams),
-            "-H", "content-type: application/grpc", "-H", "te: trailers",
-            "-d", str(body), "--log-file", str(log_file),
-            f"http://{target}/detect.v1.Detector/Detect"]
-    start = time.monotonic()
-    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
-    elapsed = time.monotonic() - start
-    if out.returncode != 0:
-        raise RuntimeError(f"h2load failed: {out.stdout}\n{out.stderr}")
-    latencies_ms = [int(line.split()[2]) / 1000 for line in log_file.read_text().splitlines()
-                    if line.strip()]
-    done = next(l for l in out.stdout.splitlines() if l.startswith("requests:"))
-    return {"elapsed_s": round(elapsed, 3), "h2load_requests": done.strip(),
-            "latencies_ms": latencies_ms}
-
-
-def batch_histogram(triton_url: str, model: str) -> dict[str, int]:
-    with grpcclient.InferenceServerClient(triton_url) as client:
-        stats = client.get_inference_statistics(model).model_stats[0]
-    return {str(b.batch_size): b.compute_infer.count for b in stats.batch_stats}
-
-
-def backend_rows(triton_url: str, model: str) -> int:
-    """Rows the backend inferred (a batched request counts each of its images)."""
-    with grpcclient.InferenceServerClient(triton_url) as client:
-        return client.get_inference_statistics(model).model_stats[0].inference_count
+def _plain(target: str) -> Callable[[], grpc.Channel]:
+    return lambda: grpc.insecure_channel(target)
 
 
 @contextlib.contextmanager
-def front_end(kind: str, tmp: Path, triton_url: str, flags: tuple[str, ...]):
-    """(target, pid, metrics_port) of the server under test: the product or a baseline."""
-    if kind == "proxy":
-        metrics_port = free_port()
-        with proxy(tmp, triton_url, "--log-level", "warning", *flags,
-                   metrics_port=metrics_port) as (target, proc):
-            yield target, proc.popen.pid, metrics_port
-        return
-    script = {"client-per-request": "baseline_client_per_request.py",
-              "floor": "passthrough_floor.py"}[kind]
+def proxy_front(tmp: Path, triton: str, flags: tuple[str, ...]) -> Iterator[Front]:
+    metrics = free_port()
+    with proxy(tmp, triton, *PROXY_FLAGS, *flags, metrics_port=metrics) as (target, proc):
+        yield Front(f"http://{target}", {"front": [proc.popen.pid]}, _plain(target), [metrics])
+
+
+@contextlib.contextmanager
+def baseline_front(tmp: Path, triton: str, script: str, sampled: bool = True) -> Iterator[Front]:
+    """A baseline program of loadtest/ (the pass-through floor, the client per request).
+    The floor returns Triton's answer untranslated, so it cannot be sampled (sampled=False)."""
     target = f"127.0.0.1:{free_port()}"
-    args = [sys.executable, str(ROOT / "loadtest" / script), "--listen", target,
-            "--triton-url", triton_url]
 
     def ready() -> bool:
         with grpc.insecure_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=1)
             return True
 
-    with running(args, tmp / f"{kind}.log", ready) as proc:
-        yield target, proc.popen.pid, 0
+    args = [sys.executable, str(ROOT / "loadtest" / script), "--listen", target,
+            "--triton-url", triton]
+    with running(args, tmp / f"{script}.log", ready) as proc:
+        yield Front(f"http://{target}", {"front": [proc.popen.pid]},
+                    _plain(target) if sampled else None)
 
 
-def scenario(name: str, tmp: Path, triton: tuple[str, int], image: bytes, model: str,
-             requests: int, clients: int, streams: int, kind: str,
-             flags: tuple[str, ...], timeout_s: float) -> dict:
-    triton_url, triton_pid = triton
+@contextlib.contextmanager
+def direct_front(triton: str, backend_pid: int) -> Iterator[Front]:
+    """No front end: ModelInfer straight to the backend (the reference for added latency)."""
+    yield Front(f"http://{triton}", {}, None, path=INFER_PATH)
+
+
+@contextlib.contextmanager
+def envoy_front(tmp: Path, triton: str, processes: int) -> Iterator[Front]:
+    """Envoy (TLS front, Triton egress) and one proxy command running ``processes`` processes."""
+    certs = make_certs(tmp / "certs")
+    egress, base, metrics = free_port(), free_port(), free_port()
+    with proxy(tmp, f"127.0.0.1:{egress}", *PROXY_FLAGS, "--processes", str(processes),
+               port=base, metrics_port=metrics, wait_serving=False) as (_, proc), \
+            envoy(tmp, certs, [f"127.0.0.1:{base + i}" for i in range(processes)], [triton],
+                  egress_port=egress, **UNLIMITED) as edge:
+        yield Front(f"https://{edge.front}", {"front": [proc.popen.pid],
+                                               "envoy": [edge.process.popen.pid]},
+                    edge.channel, [metrics + i for i in range(processes)])
+
+
+@contextlib.contextmanager
+def stack_front(tmp: Path) -> Iterator[tuple[Front, list[str]]]:
+    """The whole stack of `make run`: Envoy, two proxies, two backend replicas."""
+    with stack(tmp, replicas=2, proxies=2, proxy_flags=PROXY_FLAGS, **UNLIMITED) as s:
+        ports = [int(m.rsplit(":", 1)[1]) for m in s.proxy_metrics]
+        yield Front(f"https://{s.envoy.front}",
+                    {"front": [p.popen.pid for _, p in s.proxies],
+                     "envoy": [s.envoy.process.popen.pid],
+                     "localtriton": [p.popen.pid for _, p in s.tritons]},
+                    s.envoy.channel, ports), [url for url, _ in s.tritons]
+
+
+def _stats(urls: list[str], model: str) -> tuple[int, dict[str, int]]:
+    """Rows the backends inferred for ``model`` and their batch-size histogram, summed."""
+    rows, sizes = 0, {}
+    for url in urls:
+        with grpcclient.InferenceServerClient(url) as client:
+            stats = client.get_inference_statistics(model).model_stats[0]
+        rows += stats.inference_count
+        for b in stats.batch_stats:
+            sizes[str(b.batch_size)] = sizes.get(str(b.batch_size), 0) + b.compute_infer.count
+    return rows, sizes
+
+
+def _ok_calls(ports: list[int]) -> tuple[int, int]:
+    name = "rpc_server_duration_milliseconds_count"
+    samples = [s for port in ports for s in scrape(port)]
+    return int(value(samples, name, status="OK")), int(value(samples, name))
+
+
+def request_body(front: Front, tritons: list[str], model: str, image: bytes) -> bytes:
+    if front.path == INFER_PATH:
+        with grpcclient.InferenceServerClient(tritons[0]) as client:
+            config = client.get_model_config(model).config
+        return grpc_frame(from_config(config).request.build([image]))
+    return grpc_frame(detect_pb2.DetectRequest(image=image, model=model).SerializeToString())
+
+
+def measure(name: str, group: str, front: Front, tritons: list[str], model: str, image: bytes,
+            load: Load, tmp: Path, timeout_s: float, batch_model: str | None = None) -> dict:
+    """One scenario: warm up, then h2load plus the sampling client, with every cross-check."""
+    batch_model = batch_model or model
     body = tmp / f"{name}.bin"
-    body.write_bytes(grpc_frame(detect_pb2.DetectRequest(image=image, model=model)
-                                .SerializeToString()))
-    with front_end(kind, tmp, triton_url, flags) as (target, pid, metrics_port):
-        pids = {"front": pid, "localtriton": triton_pid}
-        before_metrics = scrape(metrics_port) if metrics_port else []
-        before_ok = backend_rows(triton_url, model)
-        before_batches = batch_histogram(triton_url, model)
-        before_cpu = {k: cpu_seconds(p) for k, p in pids.items()}
-        load = run_h2load(target, body, requests, clients, streams, tmp / f"{name}.log",
-                          timeout_s)
-        after_cpu = {k: cpu_seconds(p) for k, p in pids.items()}
-        after_metrics = scrape(metrics_port) if metrics_port else []
-        after_ok = backend_rows(triton_url, model)
-        after_batches = batch_histogram(triton_url, model)
-    calls = "rpc_server_duration_milliseconds_count"
-    lat = load.pop("latencies_ms")
-    result = {
-        "scenario": name, "front": kind, "model": model, "requests": requests,
-        "clients": clients, "streams_per_client": streams, "flags": list(flags), **load,
-        "rps": round(requests / load["elapsed_s"], 1),
-        "latency_ms": {"p50": round(percentile(lat, 50), 3), "p95": round(percentile(lat, 95), 3),
-                       "p99": round(percentile(lat, 99), 3),
-                       "mean": round(statistics.fmean(lat), 3)},
-        # Rows the backend answered successfully: the cross-check h2load cannot make.
-        "backend_ok_rows": after_ok - before_ok,
-        "cpu_ms_per_request": {k: round((after_cpu[k] - before_cpu[k]) * 1000 / requests, 3)
-                               for k in pids},
-        "backend_batch_sizes": {k: v - before_batches.get(k, 0) for k, v in after_batches.items()
-                                if v - before_batches.get(k, 0)},
-    }
-    if metrics_port:
-        ok = value(after_metrics, calls, status="OK") - value(before_metrics, calls, status="OK")
-        total = value(after_metrics, calls) - value(before_metrics, calls)
-        result["proxy_calls"] = {"total": int(total), "ok": int(ok), "failed": int(total - ok)}
-    return result
+    body.write_bytes(request_body(front, tritons, model, image))
+    url = front.url + front.path
+    h2load.run(url, body, Load(max(20, load.requests // 10), load.clients, load.streams),
+               tmp / f"{name}-warmup.log", timeout_s)
+    expected = expected_detections(tritons[0], model, image)
+    pids = front.pids
+    before_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
+    before_rows, before_sizes = _stats(tritons, batch_model)
+    before_model_rows = _stats(tritons, model)[0] if batch_model != model else before_rows
+    before_ok = _ok_calls(front.proxy_metrics) if front.proxy_metrics else (0, 0)
+    sampler = None
+    if front.channel is not None:
+        channel = front.channel()
+        sampler = Sampler(channel, image, model, expected)
+        sampler.start()
+    try:
+        result = h2load.run(url, body, load, tmp / f"{name}.log", timeout_s)
+    finally:
+        samples = sampler.stop() if sampler else {"samples": 0, "mismatches": 0, "errors": {}}
+        if sampler:
+            channel.close()
+    after_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
+    after_rows, after_sizes = _stats(tritons, batch_model)
+    after_model_rows = _stats(tritons, model)[0] if batch_model != model else after_rows
+    calls = load.requests + samples["samples"] + sum(samples["errors"].values())
+    out = {"scenario": name, "group": group, "model": model, "requests": load.requests,
+           **result, "sampled": samples,
+           "backend_ok_rows": after_model_rows - before_model_rows - samples["samples"],
+           "cpu_ms_per_request": {role: round((after_cpu[role] - before_cpu[role]) * 1000 / calls, 3)
+                                  for role in pids},
+           "backend_batch_sizes": {k: v - before_sizes.get(k, 0) for k, v in after_sizes.items()
+                                   if v - before_sizes.get(k, 0)},
+           "batch_model": batch_model}
+    if front.proxy_metrics:
+        ok, total = (a - b for a, b in zip(_ok_calls(front.proxy_metrics), before_ok))
+        # The sampling client's calls are counted too.
+        out["proxy_calls"] = {"total": total, "ok": ok, "failed": total - ok,
+                              "expected_ok": load.requests + samples["samples"]}
+    return out
 
 
-def markdown(results: list[dict], command: str) -> str:
-    rows = "\n".join(
-        f"| {r['scenario']} | {r['model']} | {r['rps']} | {r['latency_ms']['p50']} | "
-        f"{r['latency_ms']['p95']} | {r['latency_ms']['p99']} | "
-        f"{r.get('proxy_calls', {}).get('ok', '-')} | {r['backend_ok_rows']} | "
-        f"{r['cpu_ms_per_request']['front']} | {r['cpu_ms_per_request']['localtriton']} | "
-        f"{r['backend_batch_sizes']} |"
-        for r in results)
-    return f"""# Benchmark
+def failures(result: dict) -> list[str]:
+    problems = []
+    if result["backend_ok_rows"] != result["requests"]:
+        problems.append(f"backend answered {result['backend_ok_rows']} of {result['requests']}")
+    calls = result.get("proxy_calls")
+    if calls and (calls["ok"] != calls["expected_ok"] or calls["failed"]):
+        problems.append(f"proxy counted {calls}")
+    if result["http_not_200"]:
+        problems.append(f"{result['http_not_200']} HTTP answers were not 200")
+    sampled = result["sampled"]
+    if sampled["mismatches"] or sampled["errors"]:
+        problems.append(f"sampled answers: {sampled}")
+    return problems
 
-Command: `{command}`
 
-RPS and latencies are from h2load on this (shared, noisy) machine: compare rows of one run,
-not absolute numbers across runs. h2load cannot read grpc-status: successes are the
-proxy's own count of OK calls and the rows the backend answered.
+def run_all(args: argparse.Namespace, tmp: Path) -> dict:
+    image = args.image.read_bytes()
+    n = args.requests
+    closed = Load(n, args.clients, args.streams)
+    results: list[dict] = []
+    with localtriton(tmp) as (triton, backend):
+        tritons = [triton]
+        pid = backend.popen.pid
 
-| scenario | model | RPS | p50 ms | p95 ms | p99 ms | OK (proxy) | OK rows (backend) | front CPU ms/req | backend CPU ms/req | backend batch sizes |
-|---|---|---|---|---|---|---|---|---|---|---|
-{rows}
-"""
+        def add(name: str, group: str, front_cm, model: str = "null_detector", load=closed):
+            with front_cm as front:
+                front.pids.setdefault("localtriton", [pid])
+                results.append(measure(name, group, front, tritons, model, image, load, tmp,
+                                       args.timeout))
+            print(f"  {name}: {results[-1]['rps']} RPS, p50 {results[-1]['latency_ms']['p50']} ms",
+                  file=sys.stderr)
+
+        # (a), (b): serving overhead on null_detector, closed loop.
+        add("proxy", "overhead", proxy_front(tmp, triton, NO_AGGREGATION))
+        add("proxy+aggregation", "overhead",
+            proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))))
+        add("floor", "overhead", baseline_front(tmp, triton, "passthrough_floor.py", sampled=False))
+        add("client-per-request", "overhead",
+            baseline_front(tmp, triton, "baseline_client_per_request.py"))
+        # Open loop: the same arrival rate for each, half of what the floor sustained.
+        floor_rps = next(r["rps"] for r in results if r["scenario"] == "floor")
+        rate = max(1.0, round(floor_rps * args.open_loop_share / args.clients))
+        open_load = Load(n, args.clients, 64, rps_per_client=rate)
+        add("proxy open-loop", "open-loop", proxy_front(tmp, triton, NO_AGGREGATION),
+            load=open_load)
+        add("proxy+aggregation open-loop", "open-loop",
+            proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))),
+            load=open_load)
+        add("floor open-loop", "open-loop", baseline_front(tmp, triton, "passthrough_floor.py", sampled=False),
+            load=open_load)
+        # (c): latency added at low concurrency, one call at a time.
+        one = Load(args.latency_requests, 1, 1)
+        add("direct", "latency", direct_front(triton, pid), load=one)
+        add("floor c=1", "latency",
+            baseline_front(tmp, triton, "passthrough_floor.py", sampled=False), load=one)
+        add("proxy c=1", "latency", proxy_front(tmp, triton, NO_AGGREGATION), load=one)
+        add("proxy+aggregation c=1", "latency",
+            proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))), load=one)
+        add("envoy+proxy c=1", "latency", envoy_front(tmp, triton, 1), load=one)
+        if not args.smoke:
+            # (e): one proxy process vs two, behind Envoy.
+            heavy = Load(n, args.clients, args.streams * 2)
+            add("envoy+proxy", "processes", envoy_front(tmp, triton, 1), load=heavy)
+            add("envoy+proxy x2", "processes", envoy_front(tmp, triton, 2), load=heavy)
+    if not args.smoke:
+        # (d): face_detector through the whole stack vs onnxruntime alone.
+        with stack_front(tmp) as (front, stack_tritons):
+            load = Load(args.face_requests, 2, 8)
+            results.append(measure("stack face_detector", "face", front, stack_tritons,
+                                   "face_detector", image, load, tmp, args.timeout,
+                                   batch_model="centerface"))
+    inprocess = None if args.smoke else onnxruntime_inprocess.measure(args.image, args.ort_seconds)
+    return {"results": results, "onnxruntime_inprocess": inprocess}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--streams", type=int, default=8, help="concurrent streams per client")
+    parser.add_argument("--requests", type=int, default=3000, help="per throughput scenario")
+    parser.add_argument("--clients", type=int, default=4, help="h2load connections")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
+    parser.add_argument("--latency-requests", type=int, default=1000,
+                        help="sequential calls per low-concurrency latency scenario")
+    parser.add_argument("--face-requests", type=int, default=400,
+                        help="face_detector calls through the whole stack")
+    parser.add_argument("--open-loop-share", type=float, default=0.5,
+                        help="open-loop arrival rate as a share of the floor's closed-loop RPS")
+    parser.add_argument("--batch-wait-us", type=int, default=2000,
+                        help="--batch-max-wait-us of the aggregation scenarios")
+    parser.add_argument("--ort-seconds", type=float, default=10.0,
+                        help="duration of each in-process onnxruntime layout")
     parser.add_argument("--image", type=Path, default=ROOT / "build" / "testdata" / "coffee.png")
-    parser.add_argument("--timeout", type=float, default=300, help="limit per scenario, s")
-    parser.add_argument("--smoke", action="store_true", help="small, fast run for CI")
+    parser.add_argument("--timeout", type=float, default=300, help="limit per h2load run, s")
+    parser.add_argument("--smoke", action="store_true",
+                        help="small, fast run for CI: fewer calls, no (d)/(e) scenarios")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" / "bench")
+    parser.add_argument("--report", type=Path, default=ROOT / "loadtest" / "RESULTS.md",
+                        help="where a full run writes the report")
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
-    requests = min(args.requests, 200 if args.smoke else 100_000)
-    image = args.image.read_bytes()
-    # (name, model, front end, flags): measured side by side against one backend.
-    scenarios = [
-        ("proxy", "null_detector", "proxy", ()),
-        ("proxy+aggregation", "null_detector", "proxy", ("--batch-max-wait-us", "2000")),
-        ("floor", "null_detector", "floor", ()),
-        ("client-per-request", "null_detector", "client-per-request", ()),
-    ]
-    if not args.smoke:
-        scenarios.append(("proxy face_detector", "face_detector", "proxy", ()))
-    results = []
-    with tempfile.TemporaryDirectory() as tmp, localtriton(Path(tmp)) as (triton_url, backend):
-        for name, model, kind, flags in scenarios:
-            results.append(scenario(name, Path(tmp), (triton_url, backend.popen.pid), image,
-                                    model, requests, args.clients, args.streams, kind, flags,
-                                    args.timeout))
+    if args.smoke:
+        args.requests, args.latency_requests = min(args.requests, 200), min(args.latency_requests, 100)
+    args.requests = min(args.requests, 100_000)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = run_all(args, Path(tmp))
     command = " ".join(["python", "loadtest/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    data = {"command": command, "duration_s": round(time.monotonic() - started, 1),
+            "machine": {"cpus": len(__import__("os").sched_getaffinity(0)),
+                        "python": platform.python_version(), "grpcio": grpc.__version__,
+                        "h2load": h2load.version()},
+            "image": {"name": args.image.name, "bytes": args.image.stat().st_size}, **data}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps({"command": command, "results": results},
-                                                    indent=2) + "\n")
-    (args.out / "bench.md").write_text(markdown(results, command))
+    (args.out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out / "bench.md").write_text(report.table(data))
+    if not args.smoke:
+        args.report.write_text(report.render(data))
+        print(f"report: {args.report}", file=sys.stderr)
     print((args.out / "bench.md").read_text())
-    failed = [r["scenario"] for r in results if r["backend_ok_rows"] != r["requests"]
-              or r.get("proxy_calls", {}).get("ok", r["requests"]) != r["requests"]]
+    failed = {r["scenario"]: failures(r) for r in data["results"] if failures(r)}
     if failed:
-        print(f"calls failed in: {failed}", file=sys.stderr)
+        print(f"calls failed: {json.dumps(failed, indent=2)}", file=sys.stderr)
         return 1
     return 0
 

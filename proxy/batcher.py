@@ -1,8 +1,11 @@
 """Request aggregation: concurrent Detect calls for one model become one ModelInfer.
 
-Calls wait at most ``max_wait_s`` for company, and never more than a tenth of the time
-their deadline leaves them; a batch is sent as soon as it is full (the model's max_batch_size, or a smaller
-configured cap). Each caller gets its own row of the answer, or its own error: when Triton
+A call waits for company only while the model already has a batch in flight upstream: with
+nothing in flight the backend is idle and waiting would only add latency, so the call goes
+at once (at low load aggregation costs nothing). Otherwise calls wait at most
+``max_wait_s``, never more than a tenth of the time their deadline leaves them, and a batch
+is sent as soon as it is full (the model's max_batch_size, or a smaller configured cap) or
+as soon as the model has nothing in flight any more. Each caller gets its own row of the answer, or its own error: when Triton
 rejects a batch as invalid, its rows are sent again one by one, so that one bad image does
 not fail the others.
 """
@@ -37,6 +40,7 @@ class _Queue:
     model: DetectorModel
     pending: list[_Pending] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    in_flight: int = 0  # batches of this model sent and not answered yet
 
 
 # send(model, images, timeout_s, request_ids) -> the InferResult of one upstream call.
@@ -68,7 +72,7 @@ class MicroBatcher:
                            now + min(self._max_wait, max(0.0, deadline - now) * MAX_WAIT_SHARE))
         pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         queue.pending.append(pending)
-        if len(queue.pending) >= self._limit(model):
+        if len(queue.pending) >= self._limit(model) or queue.in_flight == 0:
             self._flush(queue)
         else:
             self._schedule(queue)
@@ -93,9 +97,17 @@ class MicroBatcher:
         if queue.pending:
             self._schedule(queue)
         if batch:
+            queue.in_flight += 1
             task = asyncio.get_running_loop().create_task(self._run(queue.model, batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t: self._sent(queue, t))
+
+    def _sent(self, queue: _Queue, task: asyncio.Task) -> None:
+        """A batch was answered: calls still waiting go now if nothing else is in flight."""
+        self._tasks.discard(task)
+        queue.in_flight -= 1
+        if queue.in_flight == 0 and queue.pending:
+            self._flush(queue)
 
     async def _run(self, model: DetectorModel, batch: list[_Pending]) -> None:
         if self._on_batch:

@@ -1,4 +1,4 @@
-"""The load harness keeps working: a small h2load run whose outcome the proxy confirms."""
+"""The load harness keeps working: a small run whose outcomes the servers themselves confirm."""
 
 from __future__ import annotations
 
@@ -8,19 +8,45 @@ import sys
 
 from servers import ROOT
 
+SCENARIOS = ["proxy", "proxy+aggregation", "floor", "client-per-request", "proxy open-loop",
+             "proxy+aggregation open-loop", "floor open-loop", "direct", "floor c=1",
+             "proxy c=1", "proxy+aggregation c=1", "envoy+proxy c=1"]
+
 
 def test_bench_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "loadtest" / "bench.py"), "--smoke",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
+                          "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
-    results = json.loads((tmp_path / "bench.json").read_text())["results"]
-    assert [r["scenario"] for r in results] == ["proxy", "proxy+aggregation", "floor",
-                                                "client-per-request"]
-    for r in results:
-        assert r["backend_ok_rows"] == 200
+    data = json.loads((tmp_path / "bench.json").read_text())
+    results = {r["scenario"]: r for r in data["results"]}
+    assert list(results) == SCENARIOS
+    for r in results.values():
+        assert r["backend_ok_rows"] == r["requests"]
+        assert r["http_not_200"] == 0
         assert r["rps"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
-        assert r["cpu_ms_per_request"]["front"] > 0
-        assert sum(int(size) * n for size, n in r["backend_batch_sizes"].items()) == 200
-    assert results[0]["proxy_calls"] == {"total": 200, "ok": 200, "failed": 0}
+        assert r["cpu_ms_per_request"]["localtriton"] > 0
+        batched_rows = sum(int(size) * n for size, n in r["backend_batch_sizes"].items())
+        assert batched_rows == r["requests"] + r["sampled"]["samples"]
+    for name in ("proxy", "proxy open-loop", "proxy c=1", "envoy+proxy c=1"):
+        calls = results[name]["proxy_calls"]
+        assert calls["ok"] == calls["total"] == calls["expected_ok"] >= results[name]["requests"]
+        # The sampling client compared answers with the backend's own, under load.
+        assert results[name]["sampled"]["samples"] > 0
+        assert results[name]["sampled"]["mismatches"] == 0
+    assert results["envoy+proxy c=1"]["cpu_ms_per_request"]["envoy"] > 0
+    assert "open loop at" in results["proxy open-loop"]["load"]
     assert "| client-per-request |" in (tmp_path / "bench.md").read_text()
+    assert not (tmp_path / "RESULTS.md").exists()  # only a full run writes the report
+
+
+def test_report_renders_every_figure_of_a_full_run(tmp_path):
+    sys.path.insert(0, str(ROOT / "loadtest"))
+    import report
+
+    data = json.loads((ROOT / "tests" / "data" / "bench-sample.json").read_text())
+    text = report.render(data)
+    for heading in ("(a) Shared pool", "(b) Proxy CPU", "(c) Latency added", "(d) face_detector",
+                    "(e) One proxy process", "Open loop", "Every scenario"):
+        assert heading in text
+    assert text.count("**met**") + text.count("**missed**") == 6  # (a) x2, (b) x2, (c), (d)

@@ -1,0 +1,213 @@
+"""loadtest/RESULTS.md from a bench.json: the figures of the performance report, with targets.
+
+Every figure is a ratio of scenarios measured one after another in the same run, on the same
+machine, against the same backend process: absolute numbers from a shared 2-core machine
+say little, their ratios say what the design costs or saves.
+
+    python loadtest/report.py loadtest/results/bench/bench.json > loadtest/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _by_name(data: dict) -> dict[str, dict]:
+    return {r["scenario"]: r for r in data["results"]}
+
+
+def _cpu(r: dict, *roles: str) -> float:
+    return sum(r["cpu_ms_per_request"].get(role, 0.0) for role in roles)
+
+
+def _verdict(met: bool) -> str:
+    return "**met**" if met else "**missed**"
+
+
+def table(data: dict) -> str:
+    roles = sorted({role for r in data["results"] for role in r["cpu_ms_per_request"]},
+                   key=["front", "envoy", "localtriton"].index)
+    head = ("| scenario | load | RPS | p50 ms | p95 ms | p99 ms | OK calls (proxy) | OK rows "
+            "(backend) | sampled ok/all | " + " | ".join(f"CPU ms/req {r}" for r in roles)
+            + " | backend batch sizes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in data["results"]:
+        calls = r.get("proxy_calls")
+        s = r["sampled"]
+        lines.append(
+            f"| {r['scenario']} | {r['load']} | {r['rps']} | {r['latency_ms']['p50']} | "
+            f"{r['latency_ms']['p95']} | {r['latency_ms']['p99']} | "
+            f"{calls['ok'] if calls else '-'} | {r['backend_ok_rows']}/{r['requests']} | "
+            f"{s['samples'] - s['mismatches']}/{s['samples'] + sum(s['errors'].values())} | "
+            + " | ".join(str(r["cpu_ms_per_request"].get(role, "-")) for role in roles)
+            + f" | {_histogram(r)} |")
+    return (f"# Benchmark scenarios\n\nCommand: `{data['command']}`\n\n"
+            "h2load cannot read grpc-status: successes are the proxy's own count of OK calls "
+            "(the sampling client's calls included) and the rows the backend answered.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def _histogram(r: dict) -> str:
+    sizes = sorted(r["backend_batch_sizes"].items(), key=lambda kv: int(kv[0]))
+    return ", ".join(f"{size}: {n}" for size, n in sizes) or "-"
+
+
+def figure_a(s: dict) -> str:
+    pool, naive = s["proxy"], s["client-per-request"]
+    rps = pool["rps"] / naive["rps"]
+    cpu_front = _cpu(naive, "front") / _cpu(pool, "front")
+    cpu_all = _cpu(naive, "front", "localtriton") / _cpu(pool, "front", "localtriton")
+    return f"""## (a) Shared pool vs a new Triton client per request
+
+`proxy` against `loadtest/baseline_client_per_request.py` (a new channel, a new TCP
+connection and HTTP/2 handshake per call, as in the seed guide's anti-pattern), null_detector.
+
+| | proxy (pool) | client per request | ratio |
+|---|---|---|---|
+| RPS | {pool['rps']} | {naive['rps']} | {rps:.1f}x |
+| front CPU ms/req | {_cpu(pool, 'front')} | {_cpu(naive, 'front')} | {cpu_front:.1f}x |
+| front + backend CPU ms/req | {_cpu(pool, 'front', 'localtriton'):.3f} | {_cpu(naive, 'front', 'localtriton'):.3f} | {cpu_all:.1f}x |
+| p50 / p99 ms | {pool['latency_ms']['p50']} / {pool['latency_ms']['p99']} | {naive['latency_ms']['p50']} / {naive['latency_ms']['p99']} | |
+
+Target >= 10x: RPS {_verdict(rps >= 10)}, CPU per request {_verdict(cpu_front >= 10)}.
+"""
+
+
+def figure_b(s: dict) -> str:
+    floor, off, on = s["floor"], s["proxy"], s["proxy+aggregation"]
+    r_off = _cpu(off, "front") / _cpu(floor, "front")
+    r_on = _cpu(on, "front") / _cpu(floor, "front")
+    total = lambda r: _cpu(r, "front", "localtriton")
+    return f"""## (b) Proxy CPU per Detect vs the grpc.aio pass-through floor
+
+The floor (`loadtest/passthrough_floor.py`) parses the request, wraps the image into a
+minimal ModelInfer and returns Triton's bytes untouched: no validation, no response
+translation, no metrics, traces or limits.
+
+| | CPU µs per Detect (front) | vs floor | backend CPU µs/req | front + backend |
+|---|---|---|---|---|
+| floor | {_cpu(floor, 'front') * 1000:.0f} | 1.00x | {_cpu(floor, 'localtriton') * 1000:.0f} | {total(floor) * 1000:.0f} |
+| proxy, aggregation off | {_cpu(off, 'front') * 1000:.0f} | {r_off:.2f}x | {_cpu(off, 'localtriton') * 1000:.0f} | {total(off) * 1000:.0f} |
+| proxy, aggregation on | {_cpu(on, 'front') * 1000:.0f} | {r_on:.2f}x | {_cpu(on, 'localtriton') * 1000:.0f} | {total(on) * 1000:.0f} |
+
+Targets: off <= 1.25x {_verdict(r_off <= 1.25)}; on < 1.0x {_verdict(r_on < 1.0)}.
+Backend batch sizes with aggregation: {_histogram(on)} (without: {_histogram(off)}).
+"""
+
+
+def figure_c(s: dict) -> str:
+    direct, f, p, e = s["direct"], s["floor c=1"], s["proxy c=1"], s["envoy+proxy c=1"]
+    agg = s["proxy+aggregation c=1"]
+    add = lambda r, q: r["latency_ms"][q] - direct["latency_ms"][q]
+    return f"""## (c) Latency added at low concurrency
+
+One call at a time ({direct['requests']} calls each), null_detector. `direct` is ModelInfer
+sent straight to the backend with the same image; `floor` is the bare grpc.aio hop of (b);
+`Envoy + proxy` goes through Envoy's TLS front, the proxy and Envoy's Triton egress.
+
+| path | p50 ms | p99 ms | added p50 ms | added p99 ms |
+|---|---|---|---|---|
+| direct | {direct['latency_ms']['p50']} | {direct['latency_ms']['p99']} | - | - |
+| floor (bare grpc.aio hop) | {f['latency_ms']['p50']} | {f['latency_ms']['p99']} | {add(f, 'p50'):.3f} | {add(f, 'p99'):.3f} |
+| proxy | {p['latency_ms']['p50']} | {p['latency_ms']['p99']} | {add(p, 'p50'):.3f} | {add(p, 'p99'):.3f} |
+| proxy, aggregation on | {agg['latency_ms']['p50']} | {agg['latency_ms']['p99']} | {add(agg, 'p50'):.3f} | {add(agg, 'p99'):.3f} |
+| Envoy + proxy | {e['latency_ms']['p50']} | {e['latency_ms']['p99']} | {add(e, 'p50'):.3f} | {add(e, 'p99'):.3f} |
+
+Target: the proxy adds <= 0.5 ms at p50 {_verdict(add(p, 'p50') <= 0.5)}.
+"""
+
+
+def figure_d(s: dict, inprocess: dict) -> str:
+    stack = s["stack face_detector"]
+    share = stack["rps"] / inprocess["images_per_s"]
+    layouts = "\n".join(f"| {name} | {v['images_per_s']} | {v['cpu_ms_per_image']} |"
+                        for name, v in inprocess["layouts"].items())
+    cpu = stack["cpu_ms_per_request"]
+    return f"""## (d) face_detector through the whole stack vs onnxruntime in-process
+
+The stack of `make run` (Envoy TLS front, 2 proxies, 2 backend replicas) against CenterFace
+run by onnxruntime in a tight loop in one process (`loadtest/onnxruntime_inprocess.py`) on
+the same {inprocess['cores']} cores, same image letterboxed to 512x512. onnxruntime alone:
+
+| layout | images/s | CPU ms/image |
+|---|---|---|
+{layouts}
+
+| | images/s | share of the CPU limit |
+|---|---|---|
+| onnxruntime in-process (the limit) | {inprocess['images_per_s']} | 100% |
+| whole stack | {stack['rps']} | {share:.0%} |
+
+Stack CPU per request: proxies {cpu.get('front')} ms, Envoy {cpu.get('envoy')} ms, backends
+{cpu.get('localtriton')} ms (decode and letterbox, CenterFace, decode and NMS). CenterFace
+batch sizes: {_histogram(stack)}. p50 / p99: {stack['latency_ms']['p50']} / {stack['latency_ms']['p99']} ms.
+
+Target >= 85% {_verdict(share >= 0.85)}.
+"""
+
+
+def figure_e(s: dict) -> str:
+    one, two = s["envoy+proxy"], s["envoy+proxy x2"]
+    return f"""## (e) One proxy process vs two, behind Envoy
+
+`--processes 1` vs `--processes 2`, null_detector, {one['load']}.
+
+| | RPS | p50 ms | p99 ms | proxy CPU ms/req | Envoy CPU ms/req | backend CPU ms/req |
+|---|---|---|---|---|---|---|
+| 1 process | {one['rps']} | {one['latency_ms']['p50']} | {one['latency_ms']['p99']} | {_cpu(one, 'front')} | {_cpu(one, 'envoy')} | {_cpu(one, 'localtriton')} |
+| 2 processes | {two['rps']} | {two['latency_ms']['p50']} | {two['latency_ms']['p99']} | {_cpu(two, 'front')} | {_cpu(two, 'envoy')} | {_cpu(two, 'localtriton')} |
+
+RPS ratio 2/1: {two['rps'] / one['rps']:.2f}x.
+"""
+
+
+def open_loop(s: dict) -> str:
+    rows = [s[n] for n in ("floor open-loop", "proxy open-loop", "proxy+aggregation open-loop")]
+    lines = "\n".join(
+        f"| {r['scenario']} | {r['rps']} | {r['latency_ms']['p50']} | {r['latency_ms']['p95']} "
+        f"| {r['latency_ms']['p99']} | {_cpu(r, 'front')} | {_cpu(r, 'localtriton')} | {_histogram(r)} |"
+        for r in rows)
+    return f"""## Open loop: latency at a fixed arrival rate
+
+{rows[0]['load']}, null_detector: the same offered load for each.
+
+| scenario | RPS | p50 ms | p95 ms | p99 ms | front CPU ms/req | backend CPU ms/req | batch sizes |
+|---|---|---|---|---|---|---|---|
+{lines}
+"""
+
+
+def render(data: dict) -> str:
+    s = _by_name(data)
+    machine = data["machine"]
+    parts = [f"""# Performance results
+
+Generated by `loadtest/report.py` from one run of:
+
+    {data['command']}
+
+Machine: {machine['cpus']} cores (shared, noisy), Python {machine['python']}, grpcio
+{machine['grpcio']}, {machine['h2load']}. Image: {data['image']['name']}
+({data['image']['bytes']} bytes). Backend: localtriton (CPU). Run time {data['duration_s']} s.
+Compare rows of this page with each other, not with another run or machine.
+""", figure_a(s), figure_b(s), figure_c(s)]
+    if "stack face_detector" in s and data.get("onnxruntime_inprocess"):
+        parts.append(figure_d(s, data["onnxruntime_inprocess"]))
+    if "envoy+proxy x2" in s:
+        parts.append(figure_e(s))
+    parts += [open_loop(s), table(data).replace("# Benchmark scenarios", "## Every scenario")]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_json", type=Path)
+    args = parser.parse_args()
+    sys.stdout.write(render(json.loads(args.bench_json.read_text())))
+
+
+if __name__ == "__main__":
+    main()
