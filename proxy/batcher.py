@@ -28,7 +28,7 @@ MAX_WAIT_SHARE = 0.1
 
 @dataclass(eq=False)
 class _Pending:
-    image: bytes
+    image: bytes | memoryview
     deadline: float
     request_id: str
     future: asyncio.Future
@@ -44,7 +44,7 @@ class _Queue:
 
 
 # send(model, images, timeout_s, request_ids) -> the InferResult of one upstream call.
-Send = Callable[[DetectorModel, list[bytes], float, list[str]], Awaitable[object]]
+Send = Callable[[DetectorModel, list[bytes | memoryview], float, list[str]], Awaitable[object]]
 
 
 class MicroBatcher:
@@ -61,7 +61,7 @@ class MicroBatcher:
         cap = model.max_batch_size or 1
         return min(cap, self._max_size) if self._max_size else cap
 
-    async def submit(self, model: DetectorModel, image: bytes, deadline: float,
+    async def submit(self, model: DetectorModel, image: bytes | memoryview, deadline: float,
                      request_id: str):
         """(result, row) for this caller's image, or the upstream error for it.
         ``deadline`` is in the event loop's clock (``loop.time()``)."""

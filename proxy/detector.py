@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from detect.v1 import detect_pb2
 
+from . import request_wire
 from .catalogue import Catalogue, DetectorModel
 from .config import ProxyConfig
 from .batcher import MicroBatcher
@@ -32,13 +33,14 @@ def _invalid(message: str) -> ProxyError:
     return ProxyError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def parse_request(data: bytes) -> detect_pb2.DetectRequest | None:
+# (the request without its image, the image as a view into the received bytes)
+Parsed = tuple[detect_pb2.DetectRequest, "bytes | memoryview"]
+
+
+def parse_request(data: bytes) -> Parsed | None:
     """Deserializer that never raises: gRPC would turn a parse error into UNKNOWN with a
     Python exception text; the handler answers INVALID_ARGUMENT instead."""
-    try:
-        return detect_pb2.DetectRequest.FromString(data)
-    except Exception:
-        return None
+    return request_wire.parse(data)
 
 
 def method_handlers(service: "DetectorService") -> grpc.GenericRpcHandler:
@@ -98,14 +100,13 @@ class DetectorService:
             self._batcher = MicroBatcher(config.batch_max_wait_us / 1e6, config.batch_max_size,
                                          self._infer)
 
-    async def Detect(self, request: detect_pb2.DetectRequest | None,
+    async def Detect(self, parsed: Parsed | None,
                      context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         start = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get("x-request-id", "")
+        request, image = parsed if parsed is not None else (None, b"")
         model_name = (request.model if request else "") or self._config.default_model
-        # protobuf hands out a new copy of a bytes field on every access: read it once.
-        image = request.image if request else b""
         code = grpc.StatusCode.OK
         message = ""
         span = self._telemetry.tracer.start_span(
@@ -156,7 +157,8 @@ class DetectorService:
                     **({"error": message} if message else {})}})
         await context.abort(code, message)
 
-    async def _detect(self, request: detect_pb2.DetectRequest, image: bytes, model_name: str,
+    async def _detect(self, request: detect_pb2.DetectRequest, image: bytes | memoryview,
+                      model_name: str,
                       request_id: str, context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         validate_fields(request)
         self._telemetry.image_size.record(len(image))
@@ -178,7 +180,7 @@ class DetectorService:
             result, row = await self._infer(model, [image], remaining, [request_id]), 0
         return build_response(result, row, model, info, request)
 
-    async def _infer(self, model: DetectorModel, images: list[bytes], timeout_s: float,
+    async def _infer(self, model: DetectorModel, images: list[bytes | memoryview], timeout_s: float,
                      request_ids: list[str]) -> triton_aio.InferResult:
         """One ModelInfer for ``images`` (one row each), with breaker and retries."""
         # A single call's id travels as Triton's request id; a batch's ids as a list.

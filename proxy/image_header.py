@@ -35,8 +35,9 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI: no length field
 
 
-def _jpeg_orientation(app1: bytes) -> int:
+def _jpeg_orientation(app1: bytes | memoryview) -> int:
     """EXIF orientation tag (1..8) from an APP1 payload, 1 when absent or unreadable."""
+    app1 = bytes(app1)  # at most 64 KiB
     if not app1.startswith(b"Exif\x00\x00") or len(app1) < 14:
         return 1
     tiff = app1[6:]
@@ -130,14 +131,14 @@ def _bmp(data: bytes) -> tuple[int, int]:
     return width, abs(height)  # negative height: top-down rows
 
 
-def sniff(data: bytes) -> str | None:
-    if data.startswith(b"\xff\xd8\xff"):
+def sniff(data: bytes | memoryview) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
         return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "PNG"
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if data.startswith(b"BM"):
+    if data[:2] == b"BM":
         return "BMP"
     return None
 
@@ -145,7 +146,7 @@ def sniff(data: bytes) -> str | None:
 _READERS = {"JPEG": _jpeg, "PNG": _png, "WEBP": _webp, "BMP": _bmp}
 
 
-def inspect(data: bytes, limits: ImageLimits) -> ImageInfo:
+def inspect(data: bytes | memoryview, limits: ImageLimits) -> ImageInfo:
     """Check an encoded image against the limits; raise ImageRejected with a precise reason."""
     size = len(data)
     if size == 0:

@@ -53,7 +53,7 @@ class RequestTemplate:
             head = self._heads[rows] = request.SerializeToString()
         return head
 
-    def build(self, images: list[bytes], request_id: str = "") -> bytes:
+    def build(self, images: list[bytes | memoryview], request_id: str = "") -> bytes:
         """One request for ``images`` (a row each; one image when the model does not batch)."""
         if not self.batching and len(images) != 1:
             raise ValueError(f"model '{self.model_name}' does not batch: one image per request")

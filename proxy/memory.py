@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger("proxy.memory")
 
@@ -26,6 +27,9 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 def fix_malloc_mmap_threshold(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Set the mmap threshold, unless the operator chose one (glibc's MALLOC_MMAP_THRESHOLD_)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
     name = ctypes.util.find_library("c")
     if not name:
         return False
