@@ -88,6 +88,13 @@ def figure_b(s: dict) -> str:
     r_off = _cpu(off, "front") / _cpu(floor, "front")
     r_on = _cpu(on, "front") / _cpu(floor, "front")
     total = lambda r: _cpu(r, "front", "localtriton")
+    spread = ""
+    if "rounds" in off:
+        spread = ("\n\nEach row is the median of {n} interleaved rounds; front CPU ms/req per "
+                  "round: floor {f}, proxy {p}, with aggregation {a}.").format(
+            n=len(off["rounds"]["front_cpu_ms_per_request"]),
+            f=floor["rounds"]["front_cpu_ms_per_request"], p=off["rounds"]["front_cpu_ms_per_request"],
+            a=on["rounds"]["front_cpu_ms_per_request"])
     return f"""## (b) Proxy CPU per Detect vs the grpc.aio pass-through floor
 
 The floor (`loadtest/passthrough_floor.py`) parses the request, wraps the image into a
@@ -106,7 +113,7 @@ tensors into a DetectResponse, a server and a client span, and its metrics. It c
 image less than the floor (which protobuf-parses it, concatenates and re-serializes it). Aggregation saves the backend a share of its per-call
 work, but a batched ModelInfer carries every image of the batch through the proxy all the
 same, so the proxy's own CPU per call barely moves.
-Backend batch sizes with aggregation: {_histogram(on)} (without: {_histogram(off)}).
+Backend batch sizes with aggregation: {_histogram(on)} (without: {_histogram(off)}).{spread}
 """
 
 

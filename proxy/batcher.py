@@ -68,11 +68,21 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(model.name, _Queue(model))
         now = loop.time()
+        if queue.in_flight == 0 and not queue.pending:
+            # Nothing to wait for: the call goes now, from the caller's own task (no future,
+            # no extra task), so that aggregation costs nothing at low load.
+            queue.in_flight += 1
+            try:
+                if self._on_batch:
+                    self._on_batch(model.name, 1)
+                return await self._send(model, [image], deadline - now, [request_id]), 0
+            finally:
+                self._answered(queue)
         pending = _Pending(image, deadline, request_id, loop.create_future(),
                            now + min(self._max_wait, max(0.0, deadline - now) * MAX_WAIT_SHARE))
         pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         queue.pending.append(pending)
-        if len(queue.pending) >= self._limit(model) or queue.in_flight == 0:
+        if len(queue.pending) >= self._limit(model):
             self._flush(queue)
         else:
             self._schedule(queue)
@@ -103,8 +113,11 @@ class MicroBatcher:
             task.add_done_callback(lambda t: self._sent(queue, t))
 
     def _sent(self, queue: _Queue, task: asyncio.Task) -> None:
-        """A batch was answered: calls still waiting go now if nothing else is in flight."""
         self._tasks.discard(task)
+        self._answered(queue)
+
+    def _answered(self, queue: _Queue) -> None:
+        """A batch was answered: calls still waiting go now if nothing else is in flight."""
         queue.in_flight -= 1
         if queue.in_flight == 0 and queue.pending:
             self._flush(queue)
