@@ -85,6 +85,16 @@ def running(args: list[str], log_path: Path, ready: Callable[[], bool],
         log_file.close()
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> float:
+    """Seconds until ``predicate()`` held; AssertionError if it did not within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
 def localtriton_ready(url: str) -> bool:
     import tritonclient.grpc as grpcclient
 

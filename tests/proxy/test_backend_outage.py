@@ -10,19 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, health_status, localtriton, proxy
+from servers import free_port, health_status, localtriton, proxy, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _wait_for(predicate, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def test_outage_and_recovery(tmp_path, images):
@@ -47,7 +38,7 @@ def test_outage_and_recovery(tmp_path, images):
 
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            _wait_for(lambda: seen == [SERVING], 5)
+            wait_for(lambda: seen == [SERVING], 5)
 
             backend.stop(signal.SIGKILL)
             start = time.monotonic()
@@ -59,14 +50,14 @@ def test_outage_and_recovery(tmp_path, images):
                 assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
                 assert "unavailable" in err.details()
             assert elapsed < 1.0
-            _wait_for(lambda: health_status(target, "detect.v1.Detector") == NOT_SERVING, 3)
+            wait_for(lambda: health_status(target, "detect.v1.Detector") == NOT_SERVING, 3)
             assert health_status(target) == NOT_SERVING
-            _wait_for(lambda: NOT_SERVING in seen, 2)
+            wait_for(lambda: NOT_SERVING in seen, 2)
 
             with localtriton(tmp_path, port=port):
-                recovered = _wait_for(lambda: health_status(target) == SERVING, 5)
+                recovered = wait_for(lambda: health_status(target) == SERVING, 5)
                 assert recovered < 5
                 assert stub.Detect(request, timeout=10).model == "face_detector"
-                _wait_for(lambda: seen[-1] == SERVING, 2)
+                wait_for(lambda: seen[-1] == SERVING, 2)
             watch.cancel()
             channel.close()

@@ -8,7 +8,7 @@ import time
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, localtriton, proxy
+from servers import free_port, localtriton, proxy, wait_for
 from stack import TRITON_KEEPALIVE_FLAGS, stack
 
 
@@ -22,12 +22,7 @@ def _timed(stub, request) -> tuple[float, grpc.StatusCode, str]:
 
 
 def _recover(stub, request, timeout: float = 5.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if _timed(stub, request)[1] == grpc.StatusCode.OK:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"no recovery within {timeout}s")
+    return wait_for(lambda: _timed(stub, request)[1] == grpc.StatusCode.OK, timeout, "recovery")
 
 
 def test_breaker_fails_fast_then_recovers(tmp_path, images):
