@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import shutil
 import sys
@@ -93,7 +94,7 @@ def baseline_front(tmp: Path, triton: str, script: str, sampled: bool = True) ->
 
 
 @contextlib.contextmanager
-def direct_front(triton: str, backend_pid: int) -> Iterator[Front]:
+def direct_front(triton: str) -> Iterator[Front]:
     """No front end: ModelInfer straight to the backend (the reference for added latency)."""
     yield Front(f"http://{triton}", {}, None, path=INFER_PATH)
 
@@ -270,7 +271,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
             load=open_load)
         # (c): latency added at low concurrency, one call at a time.
         one = Load(args.latency_requests, 1, 1)
-        add("direct", "latency", direct_front(triton, pid), load=one)
+        add("direct", "latency", direct_front(triton), load=one)
         add("floor c=1", "latency",
             baseline_front(tmp, triton, "passthrough_floor.py", sampled=False), load=one)
         add("proxy c=1", "latency", proxy_front(tmp, triton, NO_AGGREGATION), load=one)
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         data = run_all(args, Path(tmp))
     command = " ".join(["python", "loadtest/bench.py", *(argv if argv is not None else sys.argv[1:])])
     data = {"command": command, "duration_s": round(time.monotonic() - started, 1),
-            "machine": {"cpus": len(__import__("os").sched_getaffinity(0)),
+            "machine": {"cpus": len(os.sched_getaffinity(0)),
                         "python": platform.python_version(), "grpcio": grpc.__version__,
                         "h2load": h2load.version()},
             "image": {"name": args.image.name, "bytes": args.image.stat().st_size}, **data}

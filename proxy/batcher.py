@@ -5,9 +5,9 @@ nothing in flight the backend is idle and waiting would only add latency, so the
 at once (at low load aggregation costs nothing). Otherwise calls wait at most
 ``max_wait_s``, never more than a tenth of the time their deadline leaves them, and a batch
 is sent as soon as it is full (the model's max_batch_size, or a smaller configured cap) or
-as soon as the model has nothing in flight any more. Each caller gets its own row of the answer, or its own error: when Triton
-rejects a batch as invalid, its rows are sent again one by one, so that one bad image does
-not fail the others.
+as soon as the model has nothing in flight any more. Each caller gets its own row of the
+answer, or its own error: when Triton rejects a batch as invalid, its rows are sent again
+one by one, so that one bad image does not fail the others.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def _invalid(message: str) -> ProxyError:
 
 
 # (the request without its image, the image as a view into the received bytes)
-Parsed = tuple[detect_pb2.DetectRequest, "bytes | memoryview"]
+Parsed = tuple[detect_pb2.DetectRequest, bytes | memoryview]
 
 
 def parse_request(data: bytes) -> Parsed | None:
@@ -158,8 +158,8 @@ class DetectorService:
         await context.abort(code, message)
 
     async def _detect(self, request: detect_pb2.DetectRequest, image: bytes | memoryview,
-                      model_name: str,
-                      request_id: str, context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
+                      model_name: str, request_id: str,
+                      context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
         validate_fields(request)
         self._telemetry.image_size.record(len(image))
         try:
