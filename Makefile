@@ -23,7 +23,7 @@ export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
 
-.PHONY: bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
+.PHONY: triton bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
 
@@ -38,7 +38,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries).
+# Genuine Triton Inference Server (CPU, Python backend only) from the nvidia-pytriton wheel,
+# in its own venv: its Python backend needs numpy < 2, and our Python-backend models need
+# Pillow and onnxruntime there. Started by `python -m localtriton.tritonserver`.
+TRITON_VENV  := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+$(TRITON_STAMP): localtriton/triton-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r localtriton/triton-requirements.txt
+	$(TRITON_VENV)/bin/python -m pip install --quiet --no-deps 'nvidia-pytriton==0.7.0'
+	touch $@
+
+triton: $(TRITON_STAMP)
+
 # Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries)
 # and h2load (nghttp2-client), the load generator of the benchmarks.
 system-deps:
