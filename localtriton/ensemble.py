@@ -52,4 +52,7 @@ class EnsembleScheduler:
         batch = parent.batch_size
         sub = InferRequest(step.model_name, inputs, tuple(step.output_map), batch,
                            parent.request_id, parent.parameters)
-        return await model.infer(sub)
+        try:
+            return await model.infer(sub)
+        except InferenceError as exc:
+            raise InferenceError(exc.code, f"in ensemble '{self._config.name}', {exc.message}") from None

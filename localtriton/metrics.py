@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .repository import ModelRepository
+from .statistics import FAILURE_REASONS
 
 log = logging.getLogger("localtriton.metrics")
 
@@ -19,8 +20,6 @@ log = logging.getLogger("localtriton.metrics")
 _COUNTERS = [
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
      lambda s: s.success.count),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
-     lambda s: s.fail.count),
     ("nv_inference_count", "Number of inferences performed (does not include cached requests)",
      lambda s: s.inference_count),
     ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)",
@@ -48,7 +47,26 @@ def exposition(repository: ModelRepository) -> str:
         for model in models:
             lines.append(f'{name}{{model="{model.name}",version="{model.version}"}} '
                          f"{value(model.stats)}")
+        if name == "nv_inference_request_success":  # Triton's order of families
+            lines += _failures(models)
+    lines.append("# HELP nv_inference_pending_request_count Instantaneous number of pending "
+                 "requests awaiting execution per-model.")
+    lines.append("# TYPE nv_inference_pending_request_count gauge")
+    for model in models:
+        lines.append(f'nv_inference_pending_request_count{{model="{model.name}",'
+                     f'version="{model.version}"}} {model.pending}')
     return "\n".join(lines) + "\n"
+
+
+def _failures(models: list) -> list[str]:
+    name = "nv_inference_request_failure"
+    lines = [f"# HELP {name} Number of failed inference requests, all batch sizes",
+             f"# TYPE {name} counter"]
+    for model in models:
+        for reason in FAILURE_REASONS:
+            lines.append(f'{name}{{model="{model.name}",reason="{reason}",'
+                         f'version="{model.version}"}} {model.stats.fail_reasons[reason]}')
+    return lines
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ from .ensemble import EnsembleScheduler
 from .errors import InferenceError, ModelConfigError
 from .request import InferRequest
 from .scheduler import Scheduler
-from .statistics import ModelStats
+from .statistics import FAILURE_BACKEND, FAILURE_CANCELED, FAILURE_OTHER, ModelStats
 
 log = logging.getLogger("localtriton.repository")
 
@@ -36,6 +36,7 @@ class Model:
         self.version = version
         self.scheduler = scheduler
         self.stats = stats
+        self.stopping = False
         self.inputs = {t.name: t for t in config.input}
         self.outputs = {t.name: t for t in config.output}
         self.batching = config.max_batch_size > 0
@@ -49,8 +50,7 @@ class Model:
         unknown = [n for n in request.inputs if n not in self.inputs]
         if unknown:
             raise InferenceError.invalid(
-                f"unexpected inference input '{unknown[0]}' for model '{name}', allowed "
-                f"inputs are: {', '.join(self.inputs)}")
+                f"unexpected inference input '{unknown[0]}' for model '{name}'")
         missing = [n for n, t in self.inputs.items() if n not in request.inputs and not t.optional]
         if missing:
             raise InferenceError.invalid(
@@ -97,11 +97,24 @@ class Model:
                 raise InferenceError.invalid(
                     f"unexpected inference output '{output}' for model '{name}'")
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for an execution (Triton's nv_inference_pending_request_count)."""
+        return self.scheduler.pending if isinstance(self.scheduler, Scheduler) else 0
+
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        if self.stopping:
+            # As in Triton: once shutdown begins, schedulers take no new requests, and that
+            # includes the next step of an ensemble already in flight (retryable elsewhere).
+            raise InferenceError.unavailable(
+                f"[request id: {request.request_id or '<id_unknown>'}] Server is stopping, "
+                "scheduler for model has stopped accepting new inference requests")
+        # A request refused by validation never reached the model: Triton does not count it.
+        self.validate(request)
         start = time.perf_counter_ns()
         ok = False
+        reason = FAILURE_OTHER if isinstance(self.scheduler, EnsembleScheduler) else FAILURE_BACKEND
         try:
-            self.validate(request)
             outputs = await self.scheduler.infer(request)
             if request.requested_outputs:
                 outputs = {n: outputs[n] for n in request.requested_outputs}
@@ -110,8 +123,11 @@ class Model:
                 self.stats.inference_count += request.batch_size
                 self.stats.execution_count += 1
             return outputs
+        except asyncio.CancelledError:
+            reason = FAILURE_CANCELED
+            raise
         finally:
-            self.stats.record_request(ok, time.perf_counter_ns() - start)
+            self.stats.record_request(ok, time.perf_counter_ns() - start, reason)
 
 
 class ModelRepository:
@@ -167,6 +183,10 @@ class ModelRepository:
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def stop_accepting(self) -> None:
+        for model in self.all():
+            model.stopping = True
 
     async def close(self) -> None:
         for model in self.all():

@@ -58,6 +58,10 @@ class Scheduler:
         self._running: set[asyncio.Task] = set()
         self._task = asyncio.get_running_loop().create_task(self._dispatch())
 
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         pending = _Pending(request, loop.create_future(), time.perf_counter_ns(), loop.time(),

@@ -1,4 +1,4 @@
-"""Wiring: model repository, Triton's inference service, health, reflection, shutdown."""
+"""Wiring: model repository, Triton's inference service, health, shutdown."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import logging
 import signal
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
 
 from . import metrics
 from .options import Options
@@ -18,14 +17,27 @@ from .service import InferenceService
 
 log = logging.getLogger("localtriton")
 
-SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class TritonHealth(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 as tritonserver serves it: ``Check`` answers for the whole server
+    whatever service is named (SERVING, NOT_SERVING once shutdown begins); ``Watch`` is
+    not implemented, and there is no server reflection."""
+
+    def __init__(self) -> None:
+        self.serving = False
+
+    async def Check(self, request, context):
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING if self.serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 class LocalTriton:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.repository = ModelRepository(options.model_repository)
-        self.health = health.aio.HealthServicer()
+        self.health = TritonHealth()
         self.server = grpc.aio.server(options=options.grpc_server_options())
         self.port = 0
         self.metrics = None
@@ -35,15 +47,12 @@ class LocalTriton:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.repository), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         address = f"{self.options.grpc_address}:{self.options.grpc_port}"
         self.port = self.server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.health.serving = True
         if self.options.metrics_port:
             self.metrics = metrics.serve(self.repository, self.options.grpc_address,
                                          self.options.metrics_port)
@@ -51,8 +60,10 @@ class LocalTriton:
                  self.options.grpc_address, self.port, ", ".join(self.repository.names()))
 
     async def stop(self) -> None:
-        """Report NOT_SERVING first so balancers move away, then drain and unload."""
-        await self.health.enter_graceful_shutdown()
+        """As tritonserver does: NOT_SERVING, refuse new requests (UNAVAILABLE, which callers
+        may retry on another replica), let those already accepted by a model finish, unload."""
+        self.health.serving = False
+        self.repository.stop_accepting()
         await self.server.stop(self.options.exit_timeout_secs)
         await self.repository.close()
         if self.metrics:

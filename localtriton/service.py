@@ -47,8 +47,7 @@ def parse_inputs(request: pb.ModelInferRequest, model: Model) -> dict[str, np.nd
         declared = model.inputs.get(name)
         if declared is None:
             raise InferenceError.invalid(
-                f"unexpected inference input '{name}' for model '{model.name}', allowed "
-                f"inputs are: {', '.join(model.inputs)}")
+                f"unexpected inference input '{name}' for model '{model.name}'")
         if tensor.datatype not in WIRE_TO_NUMPY:
             raise InferenceError.invalid(
                 f"invalid datatype '{tensor.datatype}' for input '{name}'")
@@ -66,7 +65,8 @@ def parse_inputs(request: pb.ModelInferRequest, model: Model) -> dict[str, np.nd
                 raise InferenceError.invalid(
                     f"contents field must not be specified when using raw_input_contents "
                     f"for '{name}' for model '{model.name}'")
-            inputs[name] = from_raw(raw[index], tensor.datatype, shape, name)
+            inputs[name] = from_raw(raw[index], tensor.datatype, shape, name, model.name,
+                                    request.id)
         else:
             inputs[name] = from_contents(tensor.contents, tensor.datatype, shape, name)
     return inputs

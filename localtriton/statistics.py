@@ -6,15 +6,28 @@
 - ``inference_count``: rows inferred (sum of batch sizes); ``execution_count``: executions.
 - ``batch_stats``: one entry per execution batch size.
 
+- ``fail_reasons``: failed requests by Triton's metric label ``reason``: BACKEND (the model
+  failed), CANCELED (the caller went away), REJECTED (refused by the scheduler), OTHER
+  (e.g. an ensemble whose step failed).
+- Requests refused by validation (unknown input, bad shape) are not counted, as in Triton.
+
 All updates happen on the server's event loop, so no locking is needed.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tritonclient.grpc import service_pb2 as pb
+
+
+FAILURE_BACKEND = "BACKEND"
+FAILURE_CANCELED = "CANCELED"
+FAILURE_REJECTED = "REJECTED"
+FAILURE_OTHER = "OTHER"
+FAILURE_REASONS = (FAILURE_OTHER, FAILURE_BACKEND, FAILURE_CANCELED, FAILURE_REJECTED)
 
 
 @dataclass
@@ -52,9 +65,12 @@ class ModelStats:
     compute_infer: _Duration = field(default_factory=_Duration)
     compute_output: _Duration = field(default_factory=_Duration)
     batches: dict[int, _BatchStats] = field(default_factory=dict)
+    fail_reasons: Counter[str] = field(default_factory=Counter)
 
-    def record_request(self, ok: bool, duration_ns: int) -> None:
+    def record_request(self, ok: bool, duration_ns: int, reason: str = FAILURE_OTHER) -> None:
         (self.success if ok else self.fail).add(duration_ns)
+        if not ok:
+            self.fail_reasons[reason] += 1
         self.last_inference_ms = int(time.time() * 1000)
 
     def record_execution(self, batch_size: int, requests: int, queue_ns: list[int],

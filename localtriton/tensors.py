@@ -61,7 +61,8 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def from_raw(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def from_raw(raw: bytes, datatype: str, shape: list[int], name: str, model: str = "",
+             request_id: str = "") -> np.ndarray:
     """Interpret raw tensor bytes; numeric tensors are read without copying."""
     count = element_count(shape)
     if datatype == "BYTES":
@@ -70,7 +71,8 @@ def from_raw(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarr
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InferenceError.invalid(
-            f"unexpected total byte size {len(raw)} for input '{name}', expecting {expected}")
+            f"[request id: {request_id or '<id_unknown>'}] input byte size mismatch for input "
+            f"'{name}' for model '{model}'. Expected {expected}, got {len(raw)}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

@@ -4,13 +4,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import TESTDATA, localtriton, proxy
+from servers import BACKENDS, TESTDATA, proxy, triton_server
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which Triton server a protocol-facing test runs against: every such test runs on
+    localtriton and on the genuine tritonserver (select one with -k tritonserver or
+    -k 'not tritonserver')."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One localtriton with default (Triton's) flags, shared by the whole session."""
-    with localtriton(tmp_path_factory.mktemp("localtriton")) as (url, _):
+def triton_url(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[str]:
+    """One server of ``backend`` with default (Triton's) flags, shared by the session."""
+    with triton_server(backend, tmp_path_factory.mktemp(backend)) as (url, _):
         yield url
 
 

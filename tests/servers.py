@@ -105,16 +105,31 @@ def localtriton_ready(url: str) -> bool:
         client.close()
 
 
+# The Triton servers every protocol-facing test runs against: our CPU server, and the genuine
+# tritonserver (CPU build, `make triton`) started by `python -m localtriton.tritonserver`.
+LOCALTRITON = "localtriton"
+TRITON = "tritonserver"
+BACKENDS = (LOCALTRITON, TRITON)
+_MODULES = {LOCALTRITON: "localtriton", TRITON: "localtriton.tritonserver"}
+
+
 @contextlib.contextmanager
-def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
-                repository: Path = MODEL_REPOSITORY) -> Iterator[tuple[str, Process]]:
-    """A real ``python -m localtriton`` serving the project's (or another) model repository."""
+def triton_server(kind: str, tmp_path: Path, *flags: str, port: int | None = None,
+                  repository: Path = MODEL_REPOSITORY) -> Iterator[tuple[str, Process]]:
+    """A real Triton-protocol server of ``kind`` serving the project's (or another) model
+    repository. Both take tritonserver's flag names."""
     port = port or free_port()
     url = f"127.0.0.1:{port}"
-    args = [sys.executable, "-m", "localtriton", "--model-repository", str(repository),
+    args = [sys.executable, "-m", _MODULES[kind], "--model-repository", str(repository),
             "--grpc-port", str(port), *flags]
-    with running(args, tmp_path / f"localtriton-{port}.log", lambda: localtriton_ready(url)) as proc:
+    with running(args, tmp_path / f"{kind}-{port}.log", lambda: localtriton_ready(url)) as proc:
         yield url, proc
+
+
+def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
+                repository: Path = MODEL_REPOSITORY):
+    """A real ``python -m localtriton``."""
+    return triton_server(LOCALTRITON, tmp_path, *flags, port=port, repository=repository)
 
 
 def health_status(target: str, service: str = "", timeout: float = 2.0) -> int:

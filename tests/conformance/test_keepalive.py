@@ -15,7 +15,7 @@ import h2.connection
 import h2.errors
 import h2.events
 
-from servers import localtriton
+from servers import triton_server
 
 
 def _ping_every_second(url: str, pings: int) -> h2.events.ConnectionTerminated | None:
@@ -52,8 +52,8 @@ def test_pinging_every_second_without_calls_gets_goaway_too_many_pings(triton_ur
     assert time.monotonic() - start < 8
 
 
-def test_flags_relax_the_policy(tmp_path):
+def test_flags_relax_the_policy(tmp_path, backend):
     flags = ("--grpc-keepalive-permit-without-calls", "true",
              "--grpc-http2-min-recv-ping-interval-without-data", "500")
-    with localtriton(tmp_path, *flags) as (url, _):
+    with triton_server(backend, tmp_path, *flags) as (url, _):
         assert _ping_every_second(url, pings=6) is None

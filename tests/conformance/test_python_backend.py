@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from servers import localtriton
+from servers import TRITON, triton_server
 
 MODELS = {
     "explode": ('''
@@ -67,13 +67,13 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(tmp_path_factory, backend):
     repo = tmp_path_factory.mktemp("repo")
     for name, (config, code) in MODELS.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(textwrap.dedent(config))
         (repo / name / "1" / "model.py").write_text(textwrap.dedent(code))
-    with localtriton(tmp_path_factory.mktemp("logs"), repository=repo) as (url, _):
+    with triton_server(backend, tmp_path_factory.mktemp("logs"), repository=repo) as (url, _):
         yield url
 
 
@@ -98,14 +98,16 @@ def test_exception_in_execute_is_internal_and_server_survives(url):
         assert list(client.infer("explode", [_int_input([1, 2])]).as_numpy("y")) == [10, 20]
 
 
-def test_triton_error_code_becomes_grpc_status(url):
+def test_triton_error_code_becomes_grpc_status(url, backend):
     with grpcclient.InferenceServerClient(url) as client:
         with pytest.raises(InferenceServerException) as err:
             client.infer("explode", [_int_input([0, 0])])
         assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert err.value.message() == "zero is not allowed"
         stats = client.get_inference_statistics("explode").model_stats[0]
-        assert stats.inference_stats.fail.count == 2
+        # The exception above and this error response both failed. Deviation: Triton 2.51
+        # counts a Python model's error response as a success.
+        assert stats.inference_stats.fail.count == (1 if backend == TRITON else 2)
 
 
 def test_bytes_tensors_parameters_and_instances(url):

@@ -88,7 +88,7 @@ def test_unknown_input_name(client):
     tensor = grpcclient.InferInput("PICTURE", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
     _fails(client, "face_detector", [tensor], "INVALID_ARGUMENT",
-           "unexpected inference input 'PICTURE'", "IMAGE")
+           "unexpected inference input 'PICTURE' for model 'face_detector'")
 
 
 def test_unknown_output_name(client, images):
@@ -120,7 +120,8 @@ def test_raw_byte_size_mismatch(triton_url):
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "unexpected total byte size 100 for input 'input', expecting 12288" in err.value.details()
+        assert ("input byte size mismatch for input 'input' for model 'centerface'. "
+                "Expected 12288, got 100") in err.value.details()
         # A BYTES tensor whose shape promises far more elements than the buffer holds.
         request = pb.ModelInferRequest(model_name="face_detector")
         request.inputs.add(name="IMAGE", datatype="BYTES", shape=[1, 1])
