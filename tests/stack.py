@@ -1,4 +1,4 @@
-"""The whole stack on loopback for tests: localtriton x2, proxy x2 and Envoy in front."""
+"""The whole stack on loopback for tests: Triton x2 (localtriton or genuine), proxy x2, Envoy."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from servers import ROOT, Process, free_port, localtriton, proxy, running
+from servers import LOCALTRITON, ROOT, Process, free_port, proxy, running, triton_server
 
 sys.path.insert(0, str(ROOT / "envoy"))
 import certs as pki  # noqa: E402
@@ -124,15 +124,16 @@ class Stack:
 @contextlib.contextmanager
 def stack(tmp_path: Path, replicas: int = 2, proxies: int = 2,
           triton_flags: tuple[str, ...] = TRITON_KEEPALIVE_FLAGS,
-          proxy_flags: tuple[str, ...] = (), **settings) -> Iterator[Stack]:
+          proxy_flags: tuple[str, ...] = (), backend: str = LOCALTRITON,
+          **settings) -> Iterator[Stack]:
     certs = make_certs(tmp_path / "certs")
     egress_port = free_port()
     proxy_ports = [free_port() for _ in range(proxies)]
     triton_metrics = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
     proxy_metrics = [f"127.0.0.1:{free_port()}" for _ in range(proxies)]
     with contextlib.ExitStack() as es:
-        tritons = [es.enter_context(localtriton(tmp_path, *triton_flags,
-                                                "--metrics-port", m.rsplit(":", 1)[1]))
+        tritons = [es.enter_context(triton_server(backend, tmp_path, *triton_flags,
+                                                  "--metrics-port", m.rsplit(":", 1)[1]))
                    for m in triton_metrics]
         started: list[tuple[str, Process]] = []
         edge = es.enter_context(_envoy_then_proxies(

@@ -60,8 +60,8 @@ def _load(target_channel, request, calls: int, workers: int, stop_at: threading.
 QUEUEING = dict(per_try_timeout_s=60.0)
 
 
-def test_kill_9_of_a_replica_under_300_concurrent_calls(tmp_path, images):
-    with stack(tmp_path, **QUEUEING) as s:
+def test_kill_9_of_a_replica_under_300_concurrent_calls(tmp_path, images, backend):
+    with stack(tmp_path, backend=backend, **QUEUEING) as s:
         request = detect_pb2.DetectRequest(image=images["coffee.png"])
         with s.envoy.channel() as channel:
             killer = threading.Timer(1.5, lambda: s.tritons[0][1].stop(signal.SIGKILL))

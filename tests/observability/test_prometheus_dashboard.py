@@ -57,10 +57,10 @@ def _traffic(s) -> None:
         assert limited > 0
 
 
-def test_every_dashboard_query_returns_data(tmp_path):
+def test_every_dashboard_query_returns_data(tmp_path, backend):
     assert expressions(), "dashboard has no queries"
     with stack(tmp_path, global_rps=1000, global_burst=2000, client_rps=200,
-               client_burst=400) as s:
+               client_burst=400, backend=backend) as s:
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps(prom_config.render(
             s.proxy_metrics, f"127.0.0.1:{s.envoy.admin_port}", s.triton_metrics, "1s")))

@@ -10,16 +10,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, health_status, localtriton, proxy, wait_for
+from servers import free_port, health_status, proxy, triton_server, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_outage_and_recovery(tmp_path, images):
+def test_outage_and_recovery(tmp_path, images, backend):
     port = free_port()
     request = detect_pb2.DetectRequest(image=images["coffee.png"])
-    with localtriton(tmp_path, port=port) as (triton_url, backend):
+    with triton_server(backend, tmp_path, port=port) as (triton_url, server):
         with proxy(tmp_path, triton_url) as (target, _):
             channel = grpc.insecure_channel(target)
             stub = detect_pb2_grpc.DetectorStub(channel)
@@ -40,7 +40,7 @@ def test_outage_and_recovery(tmp_path, images):
             reader.start()
             wait_for(lambda: seen == [SERVING], 5)
 
-            backend.stop(signal.SIGKILL)
+            server.stop(signal.SIGKILL)
             start = time.monotonic()
             try:
                 stub.Detect(request, timeout=10)
@@ -54,7 +54,7 @@ def test_outage_and_recovery(tmp_path, images):
             assert health_status(target) == NOT_SERVING
             wait_for(lambda: NOT_SERVING in seen, 2)
 
-            with localtriton(tmp_path, port=port):
+            with triton_server(backend, tmp_path, port=port):
                 recovered = wait_for(lambda: health_status(target) == SERVING, 5)
                 assert recovered < 5
                 assert stub.Detect(request, timeout=10).model == "face_detector"

@@ -8,7 +8,7 @@ import time
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, localtriton, proxy, wait_for
+from servers import free_port, localtriton, proxy, triton_server, wait_for
 from stack import TRITON_KEEPALIVE_FLAGS, stack
 
 
@@ -46,19 +46,19 @@ def test_breaker_fails_fast_then_recovers(tmp_path, images):
             assert "-> CLOSED" in proc.log()
 
 
-def test_whole_stack_all_replicas_down_and_back(tmp_path, images):
+def test_whole_stack_all_replicas_down_and_back(tmp_path, images, backend):
     request = detect_pb2.DetectRequest(image=images["coffee.png"])
-    with stack(tmp_path) as s:
+    with stack(tmp_path, backend=backend) as s:
         ports = [int(url.rsplit(":", 1)[1]) for url, _ in s.tritons]
         with s.envoy.channel() as channel:
             stub = detect_pb2_grpc.DetectorStub(channel)
             assert _timed(stub, request)[1] == grpc.StatusCode.OK
-            for _, backend in s.tritons:
-                backend.stop(signal.SIGKILL)
+            for _, replica in s.tritons:
+                replica.stop(signal.SIGKILL)
             time.sleep(2.5)  # health checks notice
             results = [_timed(stub, request) for _ in range(10)]
             assert all(code == grpc.StatusCode.UNAVAILABLE for _, code, _ in results), results
             assert max(t for t, _, _ in results) < 0.1, results
-            with localtriton(tmp_path, *TRITON_KEEPALIVE_FLAGS, port=ports[0]), \
-                    localtriton(tmp_path, *TRITON_KEEPALIVE_FLAGS, port=ports[1]):
+            with triton_server(backend, tmp_path, *TRITON_KEEPALIVE_FLAGS, port=ports[0]), \
+                    triton_server(backend, tmp_path, *TRITON_KEEPALIVE_FLAGS, port=ports[1]):
                 assert _recover(stub, request) < 5

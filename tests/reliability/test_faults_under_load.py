@@ -36,9 +36,9 @@ def _load(channel, request, calls: int, workers: int) -> tuple[list[str], list[f
     return failures, latencies
 
 
-def test_sigstop_of_a_replica(tmp_path, images):
+def test_sigstop_of_a_replica(tmp_path, images, backend):
     request = detect_pb2.DetectRequest(image=images["coffee.png"])
-    with stack(tmp_path, per_try_timeout_s=PER_TRY_TIMEOUT_S) as s:
+    with stack(tmp_path, per_try_timeout_s=PER_TRY_TIMEOUT_S, backend=backend) as s:
         hung = s.tritons[0][1]
         with s.envoy.channel() as channel:
             timer = threading.Timer(1.0, lambda: hung.popen.send_signal(signal.SIGSTOP))

@@ -33,17 +33,19 @@ def _idle_then_call(s, images, idle_s: float) -> tuple[int, int]:
     return goaways, new_connections
 
 
-def test_matched_policy_idle_connections_get_no_goaway(tmp_path, images):
+def test_matched_policy_idle_connections_get_no_goaway(tmp_path, images, backend):
     flags = ("--grpc-keepalive-permit-without-calls", "true",
              "--grpc-http2-min-recv-ping-interval-without-data", "500")
-    with stack(tmp_path, proxies=0, replicas=1, triton_flags=flags, **FAST_PINGS) as s:
+    with stack(tmp_path, proxies=0, replicas=1, triton_flags=flags, backend=backend,
+               **FAST_PINGS) as s:
         goaways, reconnects = _idle_then_call(s, images, idle_s=6)
     assert goaways == 0
     assert reconnects == 0
 
 
-def test_mismatched_policy_is_caught(tmp_path, images):
+def test_mismatched_policy_is_caught(tmp_path, images, backend):
     """Triton's defaults refuse pings on idle connections: 1 s pings earn GOAWAY."""
-    with stack(tmp_path, proxies=0, replicas=1, triton_flags=(), **FAST_PINGS) as s:
+    with stack(tmp_path, proxies=0, replicas=1, triton_flags=(), backend=backend,
+               **FAST_PINGS) as s:
         goaways, _ = _idle_then_call(s, images, idle_s=6)
     assert goaways > 0
