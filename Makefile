@@ -23,6 +23,18 @@ export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
 
+# The backend of `make run`: localtriton (default) or triton (genuine tritonserver, CPU build).
+BACKEND ?= localtriton
+ifeq ($(BACKEND),triton)
+export TRITON_MODULE := localtriton.tritonserver
+RUN_BACKEND := triton
+else ifeq ($(BACKEND),localtriton)
+export TRITON_MODULE := localtriton
+RUN_BACKEND :=
+else
+$(error BACKEND must be localtriton or triton, not '$(BACKEND)')
+endif
+
 .PHONY: triton bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
@@ -95,12 +107,13 @@ prometheus-config: venv
 	  --envoy-admin 127.0.0.1:$(ADMIN_PORT) \
 	  --triton 127.0.0.1:$(TRITON1_METRICS_PORT) --triton 127.0.0.1:$(TRITON2_METRICS_PORT)
 
-# The whole stack: localtriton x2, proxy x2, Envoy, Prometheus; Ctrl-C stops all of it.
-run: venv protos models testdata envoy-config prometheus-config
+# The whole stack: Triton x2 (BACKEND=localtriton or triton), proxy x2, Envoy, Prometheus;
+# Ctrl-C stops all of it.
+run: venv protos models testdata envoy-config prometheus-config $(RUN_BACKEND)
 	$(BIN)/honcho --procfile Procfile --app-root . start
 
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
-test: venv system-deps protos models testdata
+test: venv triton system-deps protos models testdata
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # Benchmarks (loadtest/bench.py): results in loadtest/results/bench, the report in
@@ -138,4 +151,4 @@ capacity: venv
 	$(BIN)/python deploy/capacity.py --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
 
 clean:
-	rm -rf $(VENV) build detect $(MODEL)
+	rm -rf $(VENV) $(TRITON_VENV) build detect $(MODEL)

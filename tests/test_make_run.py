@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from servers import ROOT, free_port
+from servers import ROOT, TRITON, free_port
 
 PORTS = ("FRONT_PORT", "ADMIN_PORT", "EGRESS_PORT", "TRITON1_PORT", "TRITON2_PORT",
          "PROXY1_PORT", "PROXY2_PORT", "PROXY1_METRICS_PORT", "PROXY2_METRICS_PORT",
@@ -20,11 +20,12 @@ def _group_alive(pgid: int) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
-def test_make_run_then_ctrl_c(tmp_path):
+def test_make_run_then_ctrl_c(tmp_path, backend):
     ports = {name: str(free_port()) for name in PORTS}
     log = tmp_path / "make-run.log"
+    choice = "BACKEND=triton" if backend == TRITON else "BACKEND=localtriton"
     with open(log, "wb") as out:
-        make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, stdout=out,
+        make = subprocess.Popen(["make", "--no-print-directory", "run", choice], cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, env={**os.environ, **ports},
                                 start_new_session=True)
     try:
@@ -40,6 +41,11 @@ def test_make_run_then_ctrl_c(tmp_path):
         import urllib.request
         url = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}/-/ready"
         assert urllib.request.urlopen(url, timeout=5).status == 200
+        import tritonclient.grpc as grpcclient
+        for port in ("TRITON1_PORT", "TRITON2_PORT"):
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[port]}") as client:
+                name = client.get_server_metadata().name
+            assert name == ("triton" if backend == TRITON else "localtriton")
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         make.wait(60)
