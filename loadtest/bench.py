@@ -42,7 +42,7 @@ from procstat import cpu_seconds  # noqa: E402
 from promtext import scrape, value  # noqa: E402
 from proxy.catalogue import from_config  # noqa: E402
 from sampler import Sampler, expected_detections  # noqa: E402
-from servers import free_port, localtriton, proxy, running  # noqa: E402
+from servers import BACKENDS, free_port, localtriton, proxy, running, triton_server  # noqa: E402
 from stack import envoy, make_certs, stack  # noqa: E402
 
 DETECT_PATH = "/detect.v1.Detector/Detect"
@@ -290,6 +290,19 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
             results.append(measure("stack face_detector", "face", front, stack_tritons,
                                    "face_detector", image, load, tmp, args.timeout,
                                    batch_model="centerface"))
+    # (f): localtriton against the genuine tritonserver (CPU build), one proxy in front of
+    # each in turn; the backend's CPU includes its Python backend stub processes.
+    models = [("null_detector", closed, "null_detector")]
+    if not args.smoke:
+        models.append(("face_detector", Load(args.face_requests, 2, 8), "centerface"))
+    for model, load, batch_model in models:
+        for kind in BACKENDS:
+            with triton_server(kind, tmp) as (url, server), \
+                    proxy_front(tmp, url, NO_AGGREGATION) as front:
+                front.pids[kind] = [server.popen.pid]
+                results.append(measure(f"{kind} {model}", "backends", front, [url], model,
+                                       image, load, tmp, args.timeout, batch_model=batch_model))
+            print(f"  {kind} {model}: {results[-1]['rps']} RPS", file=sys.stderr)
     inprocess = None if args.smoke else onnxruntime_inprocess.measure(args.image, args.ort_seconds)
     return {"results": results, "onnxruntime_inprocess": inprocess}
 

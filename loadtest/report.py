@@ -29,7 +29,7 @@ def _verdict(met: bool) -> str:
 
 def table(data: dict) -> str:
     roles = sorted({role for r in data["results"] for role in r["cpu_ms_per_request"]},
-                   key=["front", "envoy", "localtriton"].index)
+                   key=["front", "envoy", "localtriton", "tritonserver"].index)
     head = ("| scenario | load | RPS | p50 ms | p95 ms | p99 ms | OK calls (proxy) | OK rows "
             "(backend) | sampled ok/all | " + " | ".join(f"CPU ms/req {r}" for r in roles)
             + " | backend batch sizes |")
@@ -199,6 +199,43 @@ RPS ratio 2/1: {two['rps'] / one['rps']:.2f}x.
 """
 
 
+def figure_f(s: dict) -> str:
+    rows, ratios = [], {}
+    for model in ("null_detector", "face_detector"):
+        local, triton = s[f"localtriton {model}"], s[f"tritonserver {model}"]
+        for kind, r in (("localtriton", local), ("tritonserver", triton)):
+            rows.append(f"| {model} | {kind} | {r['rps']} | {r['latency_ms']['p50']} / "
+                        f"{r['latency_ms']['p99']} | {_cpu(r, 'front')} | {_cpu(r, kind)} | "
+                        f"{_histogram(r)} |")
+        ratios[model] = (_cpu(triton, "tritonserver") / _cpu(local, "localtriton"),
+                         triton["rps"] / local["rps"])
+    null_cpu, null_rps = ratios["null_detector"]
+    face_cpu, face_rps = ratios["face_detector"]
+    return f"""## (f) localtriton vs the genuine Triton server
+
+One proxy (aggregation off) in front of one server at a time: localtriton, then tritonserver
+2.51 (CPU build from `nvidia-pytriton`, `make triton`), same repository and load. Backend CPU
+counts the whole process tree: Triton's Python backend stubs included. Batch sizes are
+null_detector's, or centerface's for face_detector.
+
+| model | backend | RPS | p50 / p99 ms | proxy CPU ms/req | backend CPU ms/req | batch sizes |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Triton relative to localtriton: null_detector backend CPU {null_cpu:.2f}x, RPS {null_rps:.2f}x;
+face_detector backend CPU {face_cpu:.2f}x, RPS {face_rps:.2f}x.
+
+Where localtriton stands in faithfully: the protocol (every RPC the proxy uses, its codes
+and messages, statistics and metric names, keepalive enforcement, health, shutdown), dynamic
+batching of concurrent calls (batch sizes above), and the proxy's own cost, which does not
+depend on the server behind it. Where it does not: absolute backend cost. Triton's C++ core
+serves a Python-backend model through a separate stub process with shared memory, and on this
+CPU build centerface runs in such a stub too (`localtriton/onnx_runner.py`) instead of
+Triton's onnxruntime backend; on a GPU the network's cost is another matter entirely. Size
+backends from Triton's own numbers (`deploy/CAPACITY.md`), not from localtriton's.
+"""
+
+
 def aggregation(s: dict) -> str:
     """Whether request aggregation earns being on by default: it must not cost front CPU or
     latency in any load shape measured."""
@@ -261,6 +298,8 @@ Compare rows of this page with each other, not with another run or machine.
         parts.append(figure_d(s, data["onnxruntime_inprocess"]))
     if "envoy+proxy x2" in s:
         parts.append(figure_e(s))
+    if "tritonserver face_detector" in s:
+        parts.append(figure_f(s))
     parts += [aggregation(s), open_loop(s), table(data).replace("# Benchmark scenarios", "## Every scenario")]
     return "\n".join(parts)
 

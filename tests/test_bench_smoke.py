@@ -10,7 +10,8 @@ from servers import ROOT
 
 SCENARIOS = ["proxy", "proxy+aggregation", "floor", "client-per-request", "proxy open-loop",
              "proxy+aggregation open-loop", "floor open-loop", "direct", "floor c=1",
-             "proxy c=1", "proxy+aggregation c=1", "envoy+proxy c=1"]
+             "proxy c=1", "proxy+aggregation c=1", "envoy+proxy c=1",
+             "localtriton null_detector", "tritonserver null_detector"]
 
 
 def test_bench_smoke(tmp_path):
@@ -25,7 +26,8 @@ def test_bench_smoke(tmp_path):
         assert r["backend_ok_rows"] == r["requests"]
         assert r["http_not_200"] == 0
         assert r["rps"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
-        assert r["cpu_ms_per_request"]["localtriton"] > 0
+        backend = "tritonserver" if r["scenario"].startswith("tritonserver") else "localtriton"
+        assert r["cpu_ms_per_request"][backend] > 0
         batched_rows = sum(int(size) * n for size, n in r["backend_batch_sizes"].items())
         assert batched_rows == r["requests"] + r["sampled"]["samples"]
     for name in ("proxy", "proxy open-loop", "proxy c=1", "envoy+proxy c=1"):
