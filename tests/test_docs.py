@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from localtriton.options import _FLAGS
+from localtriton.tritonserver import build_parser as tritonserver_parser
 from proxy.config import ProxyConfig, env_name
 from servers import ROOT
 
@@ -18,6 +19,13 @@ def test_every_proxy_setting_is_documented():
 
 def test_every_localtriton_flag_is_documented():
     for flag, *_ in _FLAGS:
+        assert f"| `{flag}` |" in README, flag
+
+
+def test_every_tritonserver_launcher_flag_is_documented():
+    flags = [a.option_strings[0] for a in tritonserver_parser()._actions if a.dest != "help"]
+    assert flags
+    for flag in flags:
         assert f"| `{flag}` |" in README, flag
 
 
