@@ -120,10 +120,10 @@ test: venv triton system-deps protos models testdata
 # loadtest/RESULTS.md. The smoke run (< 60 s) is also part of `make test`, so the harness
 # keeps working.
 BENCH_ARGS ?=
-bench: venv system-deps protos models testdata
+bench: venv triton system-deps protos models testdata
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
-bench-smoke: venv system-deps protos models testdata
+bench-smoke: venv triton system-deps protos models testdata
 	$(BIN)/python loadtest/bench.py --smoke --out build/bench-smoke
 
 # Where the proxy's CPU goes under load (py-spy): build/profile/summary.txt.

@@ -55,4 +55,5 @@ class EnsembleScheduler:
         try:
             return await model.infer(sub)
         except InferenceError as exc:
-            raise InferenceError(exc.code, f"in ensemble '{self._config.name}', {exc.message}") from None
+            prefix = f"in ensemble '{self._config.name}', "
+            raise InferenceError(exc.code, prefix + exc.message) from None

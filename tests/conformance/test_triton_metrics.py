@@ -32,7 +32,8 @@ def test_families_and_labels_are_tritons(tmp_path, backend):
     assert {(l["model"], l["reason"]) for n, l, _ in samples
             if n == "nv_inference_request_failure"} == {(m, r) for m in MODELS
                                                         for r in FAILURE_REASONS}
-    assert {l["model"] for n, l, _ in samples if n == "nv_inference_pending_request_count"} == MODELS
+    pending = {l["model"] for n, l, _ in samples if n == "nv_inference_pending_request_count"}
+    assert pending == MODELS
     assert value(samples, "nv_inference_pending_request_count") == 0
     # Deviation: localtriton does not export Triton's host metrics.
     assert ("nv_cpu_utilization" in names) == (backend == TRITON)

@@ -46,7 +46,8 @@ def test_a_changed_config_gets_a_new_derived_repository(tmp_path):
         default_model_filename: "weights.onnx"
         max_batch_size: 4
         instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]
-        optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }
+        optimization { execution_accelerators {
+          gpu_execution_accelerator [ { name: "tensorrt" } ] } }
         '''))
     first = cpu_repository.derive(source, tmp_path / "work")
     derived = cpu_repository.read_config(first / "net")
@@ -86,7 +87,8 @@ def test_command_line_and_environment(tmp_path):
     with_metrics, _ = tritonserver.command(
         ["--model-repository", str(MODEL_REPOSITORY), "--metrics-port", "9000"], TRITON_VENV,
         tmp_path)
-    assert "--metrics-address=127.0.0.1" in with_metrics and "--allow-metrics=false" not in with_metrics
+    assert "--metrics-address=127.0.0.1" in with_metrics
+    assert "--allow-metrics=false" not in with_metrics
 
 
 def test_a_missing_venv_says_how_to_fix_it(tmp_path, capsys):
