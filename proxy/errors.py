@@ -7,6 +7,7 @@ trace or an internal address; upstream details go to the log instead.
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from tritonclient.utils import InferenceServerException
@@ -34,9 +35,14 @@ def is_unknown_model(exc: InferenceServerException) -> bool:
             or "Request for unknown model" in (exc.message() or ""))
 
 
+# Triton's framing of a model's own words: "in ensemble 'face_detector', " before a step's
+# error, "[request id: ...] " before a request's. The caller gets the words.
+_TRITON_PREFIX = re.compile(r"^(?:in ensemble '[^']*', |\[request id: [^\]]*\] )+")
+
+
 def from_upstream(exc: InferenceServerException, model: str) -> ProxyError:
     code = upstream_code(exc)
-    detail = (exc.message() or "").strip()
+    detail = _TRITON_PREFIX.sub("", (exc.message() or "").strip())
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProxyError(code, f"model '{model}' rejected the image: {detail[:300]}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -43,6 +43,18 @@ def test_non_image_bytes(client):
            "INVALID_ARGUMENT", "not a decodable JPEG, PNG, WebP or BMP image")
 
 
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n" + b"garbage" * 100,
+                                  b"\xff\xd8\xff\xe0" + b"\x00" * 64, b"RIFF\x00\x00\x00\x00WEBPjunk"])
+def test_messages_carry_no_python_reprs(client, data):
+    """A header followed by garbage: the reason in words, no "<_io.BytesIO object at 0x...>"."""
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("face_detector", [image_input(data)])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    message = err.value.message()
+    assert "image 0 is not a decodable" in message or "image 0 could not be decoded" in message
+    assert " at 0x" not in message and "<" not in message and "object" not in message, message
+
+
 def test_empty_image(client):
     _fails(client, "face_detector", [image_input(b"")], "INVALID_ARGUMENT", "empty")
 

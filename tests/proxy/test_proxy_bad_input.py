@@ -55,7 +55,7 @@ CASES = {
                        grpc.StatusCode.INVALID_ARGUMENT, ["model 'centerface' is not a detector"]),
     "corrupt body": (dict(image=_png_header(64, 64) + b"\x00\x00\x00\x10IDATgarbage"),
                      grpc.StatusCode.INVALID_ARGUMENT,
-                     ["model 'face_detector' rejected the image", "could not be decoded"]),
+                     ["model 'face_detector' rejected the image: image 0 could not be decoded"]),
 }
 
 

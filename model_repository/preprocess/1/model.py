@@ -3,17 +3,44 @@
 Runs unchanged in Triton's Python backend (needs numpy and Pillow in its environment).
 Each request's rows are decoded independently: a bad image fails only its own request,
 with INVALID_ARG, never the other requests that share the execution.
+
+Every pixel format a camera or an editor writes becomes 8-bit RGB as a viewer would show
+it: 16-bit samples keep their 8 most significant bits (Pillow's plain conversion saturates
+16-bit gray to white), transparency is composited over white, CMYK and palettes are
+converted by Pillow.
 """
 
 import io
 import json
+import re
 import warnings
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+# Pillow's modes for 16-bit (and 32-bit integer) single-channel images; PNG's 16-bit gray.
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+BACKGROUND = (255, 255, 255, 255)
+# Exception texts may name Python objects ("<_io.BytesIO object at 0x7f...>"): callers
+# get the words, not the reprs.
+_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc):
+    return _REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
+def to_rgb(image):
+    """8-bit RGB, as the image is meant to look."""
+    if image.mode in WIDE_GRAY_MODES:
+        wide = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+    if "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class ImageRejected(Exception):
@@ -59,9 +86,13 @@ class TritonPythonModel:
             raise ImageRejected(
                 f"image {row} is too large to decode ({exc}); the limit is "
                 f"{self.max_pixels} pixels") from None
+        except UnidentifiedImageError:
+            raise ImageRejected(
+                f"image {row} is not a decodable JPEG, PNG, WebP or BMP image") from None
         except Exception as exc:
             raise ImageRejected(
-                f"image {row} is not a decodable JPEG, PNG, WebP or BMP image ({exc})") from None
+                f"image {row} is not a decodable JPEG, PNG, WebP or BMP image "
+                f"({_reason(exc)})") from None
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ImageRejected(f"image {row} has no pixels ({width}x{height})")
@@ -74,10 +105,9 @@ class TritonPythonModel:
     def _prepare(self, data, row):
         image = self._open(bytes(data), row)
         try:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("RGB")
+            image = to_rgb(ImageOps.exif_transpose(image))
         except Exception as exc:  # truncated or corrupt data surfaces while decoding
-            raise ImageRejected(f"image {row} could not be decoded ({exc})") from None
+            raise ImageRejected(f"image {row} could not be decoded ({_reason(exc)})") from None
         width, height = image.size
         scale = self.size / max(width, height)
         new_w = max(1, min(self.size, round(width * scale)))
