@@ -51,6 +51,18 @@ def method_handlers(service: "DetectorService") -> grpc.GenericRpcHandler:
     })
 
 
+# gRPC cancels the handler when the caller's deadline passes, as when the caller cancels;
+# what is left of the deadline tells them apart (timers fire a little early or late).
+DEADLINE_SLACK_S = 0.005
+
+
+def _cancellation(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
+    return grpc.StatusCode.CANCELLED, "cancelled by the caller"
+
+
 def validate_fields(request: detect_pb2.DetectRequest) -> None:
     score = request.min_score
     if math.isnan(score) or not 0.0 <= score <= 1.0:
@@ -131,7 +143,7 @@ class DetectorService:
         except ProxyError as exc:
             code, message = exc.code, exc.message
         except asyncio.CancelledError:  # the caller went away or its deadline passed
-            code, message = grpc.StatusCode.CANCELLED, "cancelled by the caller"
+            code, message = _cancellation(context)
             raise
         except Exception:
             code, message = grpc.StatusCode.INTERNAL, "internal error in the detection proxy"

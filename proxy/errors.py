@@ -52,7 +52,10 @@ def from_upstream(exc: InferenceServerException, model: str) -> ProxyError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ProxyError(code, "the model server is overloaded; retry with backoff")
     if code == grpc.StatusCode.CANCELLED:
-        return ProxyError(code, "the call was cancelled")
+        # Not the caller's doing (then this handler would have been cancelled instead): the
+        # model server or a hop before it dropped the call, e.g. while shutting down.
+        return ProxyError(grpc.StatusCode.UNAVAILABLE,
+                          "the model server dropped the call; retry with backoff")
     log.warning("upstream failure for model %s: %s %s", model, exc.status(), detail)
     return ProxyError(grpc.StatusCode.INTERNAL,
                       f"the model server failed to run model '{model}'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from io import BytesIO
 
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from detect.v1 import detect_pb2
+from servers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +23,19 @@ def slow_image(images) -> bytes:
     return buffer.getvalue()
 
 
-def test_short_deadline_is_deadline_exceeded_promptly(detector, slow_image):
+def test_short_deadline_is_deadline_exceeded_promptly(detector, slow_image, proxy_server):
     request = detect_pb2.DetectRequest(image=slow_image)
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
-        detector.Detect(request, timeout=0.05)
+        detector.Detect(request, timeout=0.05, metadata=[("x-request-id", "rid-deadline")])
     elapsed = time.monotonic() - start
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert elapsed < 0.5
+    # The proxy's log (and its metrics, from the same code) say so too, not CANCELLED.
+    log = proxy_server[1]
+    wait_for(lambda: '"request_id":"rid-deadline"' in log.log(), 5, "the call's log line")
+    [line] = [json.loads(l) for l in log.log().splitlines() if '"rid-deadline"' in l]
+    assert line["code"] == "DEADLINE_EXCEEDED", line
 
 
 def test_generous_deadline_succeeds(detector, slow_image):

@@ -148,3 +148,15 @@ def test_breaker_opens_and_then_fails_fast_without_calling():
         _infer(service)
     assert client.calls == calls
     assert "circuit breaker open" in err.value.message
+
+
+def test_an_upstream_cancellation_is_unavailable_to_the_caller_and_not_retried():
+    """The caller did not cancel (its handler would have been cancelled instead): a hop
+    dropped the call, e.g. Envoy or Triton shutting down. UNAVAILABLE says: try again."""
+    client = FakeClient(["CANCELLED"])
+    service, _ = _service(client)
+    with pytest.raises(ProxyError) as err:
+        _infer(service)
+    assert err.value.code.name == "UNAVAILABLE"
+    assert "retry with backoff" in err.value.message and "cancel" not in err.value.message
+    assert client.calls == 1
