@@ -151,6 +151,20 @@ def _access_log(path: str, name: str) -> list[dict]:
         }}}}]
 
 
+def _too_large_reply(limit: int) -> dict:
+    """Envoy's own size limit answers as the proxy's does: INVALID_ARGUMENT naming the limit
+    (for gRPC, Envoy would derive UNKNOWN from HTTP 413 and say "Payload Too Large")."""
+    return {"mappers": [{
+        "filter": {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": 413, "runtime_key": "detect.too_large_code"}}}},
+        "headers_to_add": [{"header": {"key": "grpc-status", "value": "3"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        # A gRPC local reply carries its body as grpc-message.
+        "body": {"inline_string": f"request is larger than the limit of {limit} bytes; "
+                                  "send a smaller image"},
+    }]}
+
+
 def _hcm(name: str, routes: list[dict], filters: list[dict], access_log: str,
          edge: bool) -> dict:
     return {
@@ -391,6 +405,7 @@ def _plain_cluster(name: str, host_port: str) -> dict:
 def render(config: StackConfig) -> dict:
     front_hcm = _hcm("front", _front_routes(config), _front_filters(config),
                      config.access_log, edge=True)
+    front_hcm["typed_config"]["local_reply_config"] = _too_large_reply(config.max_request_bytes)
     if config.max_connection_duration_s:
         front_hcm["typed_config"]["common_http_protocol_options"] = {
             "max_connection_duration": _duration(config.max_connection_duration_s)}

@@ -25,9 +25,12 @@ from .telemetry import Telemetry
 log = logging.getLogger("proxy")
 
 DETECTOR_SERVICE = detect_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
-# Room for the protobuf framing around the largest accepted image; anything bigger is
-# refused by gRPC itself with RESOURCE_EXHAUSTED before it is buffered whole.
-MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# gRPC itself would refuse a message over its receive limit with RESOURCE_EXHAUSTED ("retry
+# later"), which a client may retry forever. The proxy takes a message of any size and
+# refuses an image over --max-image-bytes with INVALID_ARGUMENT naming the limit. Memory
+# stays bounded where callers come from: Envoy's request limit in front of the proxy, which
+# listens on loopback or a Unix socket only.
+UNLIMITED = -1
 
 
 class DetectProxy:
@@ -43,7 +46,7 @@ class DetectProxy:
                                         config.health_interval_ms / 1000,
                                         config.health_failure_threshold)
         self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", config.max_image_bytes + MESSAGE_OVERHEAD_BYTES),
+            ("grpc.max_receive_message_length", UNLIMITED),
             ("grpc.so_reuseport", 0),
         ])
         self.address = ""

@@ -31,5 +31,6 @@ def test_request_size_limit_at_the_front_door(edge):
         with pytest.raises(grpc.RpcError) as err:
             detect_pb2_grpc.DetectorStub(channel).Detect(
                 detect_pb2.DetectRequest(image=b"\x89PNG" + b"\x00" * (10 << 20)), timeout=10)
-    assert err.value.code() == grpc.StatusCode.UNKNOWN  # Envoy's 413, as gRPC maps it
+    # Envoy's own 413, answered as the proxy would (tests/envoy/test_oversized_images.py).
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sum(host_counter(edge.envoy.admin_port, "detect_proxy").values()) == before
