@@ -51,7 +51,6 @@ class StackConfig:
     client_burst: int = 400
     max_request_bytes: int = 9 * 1024 * 1024
     max_grpc_timeout_s: float = 30.0
-    per_try_timeout_s: float = 5.0
     num_retries: int = 2
     triton_keepalive_interval_s: int = 60
     triton_keepalive_timeout_s: int = 20
@@ -245,11 +244,14 @@ def _egress_routes(config: StackConfig) -> list[dict]:
             "cluster": "triton",
             "timeout": _duration(config.max_grpc_timeout_s),
             "max_stream_duration": {"grpc_timeout_header_max": _duration(config.max_grpc_timeout_s)},
+            # Retries only for work that never started or was lost with its replica: a refused
+            # connection or stream, a replica that died or hung (its connections are closed
+            # when it fails health checks), Triton's UNAVAILABLE while it shuts down. No
+            # per-try timeout: a call that is slow because Triton is busy is never sent again,
+            # which would double the load exactly when there is no capacity to spare.
             "retry_policy": {
-                # Safe to retry: the call failed before Triton answered it.
                 "retry_on": "unavailable,reset,connect-failure,refused-stream",
                 "num_retries": config.num_retries,
-                "per_try_timeout": _duration(config.per_try_timeout_s),
                 "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
                 "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
                 "host_selection_retry_max_attempts": 3,
@@ -263,13 +265,26 @@ def _triton_cluster(config: StackConfig) -> dict:
                  "timeout": f"{config.triton_keepalive_timeout_s}s"}
     cluster = _cluster("triton", config.tritons, "", config.health_interval_ms, keepalive,
                        config.dns_refresh_s if config.triton_dns else None)
+    # Outlier detection reacts to failures a replica answers (INTERNAL, UNAVAILABLE: 5xx as
+    # Envoy maps gRPC statuses), never to slowness: timeouts and resets are counted apart
+    # (local origin) and not enforced; dead or hung replicas are the health checks' job.
     cluster["outlier_detection"] = {
+        "split_external_local_origin_errors": True,
         "consecutive_5xx": 5,
-        "consecutive_gateway_failure": 2,
+        "enforcing_consecutive_5xx": 100,
+        "consecutive_gateway_failure": 5,
+        "enforcing_consecutive_gateway_failure": 0,
+        "consecutive_local_origin_failure": 5,
+        "enforcing_consecutive_local_origin_failure": 0,
+        "enforcing_success_rate": 0,
+        "enforcing_local_origin_success_rate": 0,
         "interval": "1s",
         "base_ejection_time": "5s",
         "max_ejection_percent": 50,
     }
+    # A replica that stops answering health checks (hung, or its host gone) takes its calls
+    # down with it: closing its connections resets them, and they are retried elsewhere.
+    cluster["close_connections_on_host_health_failure"] = True
     cluster["circuit_breakers"] = {"thresholds": [{
         "priority": "DEFAULT",
         "max_connections": 64,
@@ -488,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "max_request_bytes", "num_retries", "triton_keepalive_interval_s",
                  "triton_keepalive_timeout_s", "health_interval_ms"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("max_grpc_timeout_s", "per_try_timeout_s"):
+    for name in ("max_grpc_timeout_s",):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--access-log", default=d.access_log)
     p.add_argument("--proxy-dns", action="store_true",

@@ -49,7 +49,7 @@ DETECT_PATH = "/detect.v1.Detector/Detect"
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 # Envoy's rate limits are a feature under test elsewhere; here they must not shape the load.
 UNLIMITED = {"global_rps": 1_000_000, "global_burst": 1_000_000,
-             "client_rps": 1_000_000, "client_burst": 1_000_000, "per_try_timeout_s": 60.0}
+             "client_rps": 1_000_000, "client_burst": 1_000_000}
 PROXY_FLAGS = ("--log-level", "warning")
 NO_AGGREGATION = ("--batch-max-wait-us", "0")
 

@@ -26,6 +26,8 @@ class ProxyConfig:
     max_image_width: int = 4096
     max_image_height: int = 4096
     max_in_flight: int = 256
+    max_upstream_calls: int = 32
+    max_queue_wait_ms: int = 10_000
     upstream_timeout_ms: int = 30_000
     batch_max_wait_us: int = 0
     batch_max_size: int = 0
@@ -64,6 +66,10 @@ HELP: dict[str, str] = {
     "max_image_width": "widest image accepted, in pixels (read from the header)",
     "max_image_height": "tallest image accepted, in pixels (read from the header)",
     "max_in_flight": "calls handled at once; more get RESOURCE_EXHAUSTED immediately",
+    "max_upstream_calls": "calls sent to Triton at once; the rest wait their turn in the "
+                          "proxy, where their deadline is checked against the expected wait",
+    "max_queue_wait_ms": "longest expected wait a call is queued for; a call whose expected "
+                         "wait exceeds this or its own deadline gets RESOURCE_EXHAUSTED at once",
     "upstream_timeout_ms": "timeout of the Triton call when the caller sets no deadline",
     "batch_max_wait_us": "aggregate concurrent calls for a model into one ModelInfer, "
                          "waiting at most this long for company (0: off)",
@@ -129,4 +135,8 @@ def parse(argv: list[str] | None = None) -> ProxyConfig:
         raise SystemExit("--pool-size must be at least 1")
     if config.max_in_flight < 1:
         raise SystemExit("--max-in-flight must be at least 1")
+    if config.max_upstream_calls < 1:
+        raise SystemExit("--max-upstream-calls must be at least 1")
+    if config.max_queue_wait_ms < 0:
+        raise SystemExit("--max-queue-wait-ms must be at least 0")
     return config

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from detect.v1 import detect_pb2
 
 from . import request_wire
+from .admission import Admission, AtCapacity
 from .catalogue import Catalogue, DetectorModel
 from .config import ProxyConfig
 from .batcher import MicroBatcher
@@ -98,8 +99,9 @@ def build_response(result: triton_aio.InferResult, row: int, model: DetectorMode
 
 class DetectorService:
     def __init__(self, config: ProxyConfig, pool: TritonPool, catalogue: Catalogue,
-                 telemetry: Telemetry, breaker: CircuitBreaker) -> None:
+                 telemetry: Telemetry, breaker: CircuitBreaker, admission: Admission) -> None:
         self._config = config
+        self._admission = admission
         self._breaker = breaker
         self._budget = RetryBudget(config.retry_budget_ratio)
         self._limits = config.image_limits
@@ -180,17 +182,29 @@ class DetectorService:
             self._telemetry.rejected.add(1, {"reason": "invalid_image"})
             raise _invalid(str(exc)) from None
         model = await self._catalogue.get(model_name)
-        remaining = context.time_remaining()
-        if remaining is None:
-            remaining = self._config.upstream_timeout_ms / 1000
-        elif remaining <= 0:
-            raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
-        if self._batcher is not None and model.max_batch_size > 1:
-            deadline = asyncio.get_running_loop().time() + remaining
-            result, row = await self._batcher.submit(model, image, deadline, request_id)
-        else:
-            result, row = await self._infer(model, [image], remaining, [request_id]), 0
+        try:
+            async with self._admission.slot(self._remaining(context)):
+                remaining = self._remaining(context)
+                if remaining <= 0:
+                    raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     "deadline exceeded before the call")
+                if self._batcher is not None and model.max_batch_size > 1:
+                    deadline = asyncio.get_running_loop().time() + remaining
+                    result, row = await self._batcher.submit(model, image, deadline, request_id)
+                else:
+                    result, row = await self._infer(model, [image], remaining, [request_id]), 0
+        except AtCapacity as exc:
+            self._telemetry.rejected.add(1, {"reason": "at_capacity"})
+            raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"the service is at capacity: the expected wait "
+                             f"({exc.expected_wait_s:.1f}s) is longer than this call can wait "
+                             f"({exc.affordable_s:.1f}s); retry with backoff") from None
         return build_response(result, row, model, info, request)
+
+    def _remaining(self, context: grpc.aio.ServicerContext) -> float:
+        """Seconds left of the caller's deadline (the default upstream timeout without one)."""
+        remaining = context.time_remaining()
+        return self._config.upstream_timeout_ms / 1000 if remaining is None else remaining
 
     async def _infer(self, model: DetectorModel, images: list[bytes | memoryview], timeout_s: float,
                      request_ids: list[str]) -> triton_aio.InferResult:

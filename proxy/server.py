@@ -14,6 +14,7 @@ from detect.v1 import detect_pb2
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from .admission import Admission
 from .breaker import CircuitBreaker
 from .catalogue import Catalogue
 from .config import ProxyConfig
@@ -41,6 +42,7 @@ class DetectProxy:
         self.catalogue = Catalogue(self.pool)
         self.breaker = CircuitBreaker(config.breaker_failure_threshold,
                                       config.breaker_open_ms / 1000)
+        self.admission = Admission(config.max_upstream_calls, config.max_queue_wait_ms / 1000)
         self.health = health.aio.HealthServicer()
         self.watcher = ReadinessWatcher(self.pool, self.health, config.default_model,
                                         config.health_interval_ms / 1000,
@@ -59,12 +61,20 @@ class DetectProxy:
             "detect.breaker.state", "circuit breaker: 0 closed, 1 half-open, 2 open",
             lambda: [(int(self.breaker.state), {"upstream": self.config.triton_url})])
         self.telemetry.observe(
+            "detect.admission.queued", "calls waiting in the proxy for an upstream slot",
+            lambda: [(self.admission.queued, {})])
+        self.telemetry.observe(
+            "detect.admission.throughput", "calls per second the backend completes for this "
+            "proxy at capacity, as admission estimates it",
+            lambda: [(round(self.admission.throughput(), 3), {})])
+        self.telemetry.observe(
             "detect.health.serving", "1 while health reports SERVING",
             lambda: [(1 if self.watcher.serving else 0, {})])
 
     async def start(self) -> None:
         self.server.add_generic_rpc_handlers((method_handlers(DetectorService(
-            self.config, self.pool, self.catalogue, self.telemetry, self.breaker)),))
+            self.config, self.pool, self.catalogue, self.telemetry, self.breaker,
+            self.admission)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [DETECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)

@@ -56,12 +56,10 @@ def _load(target_channel, request, calls: int, workers: int, stop_at: threading.
     return failures
 
 
-# 300 calls queue for seconds on a CPU backend: the per-try timeout must cover the queue.
-QUEUEING = dict(per_try_timeout_s=60.0)
 
 
 def test_kill_9_of_a_replica_under_300_concurrent_calls(tmp_path, images, backend):
-    with stack(tmp_path, backend=backend, **QUEUEING) as s:
+    with stack(tmp_path, backend=backend) as s:
         request = detect_pb2.DetectRequest(image=images["coffee.png"])
         with s.envoy.channel() as channel:
             killer = threading.Timer(1.5, lambda: s.tritons[0][1].stop(signal.SIGKILL))

@@ -12,6 +12,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.aio import InferResult
 from tritonclient.utils import InferenceServerException
 
+from proxy.admission import Admission
 from proxy.breaker import CircuitBreaker, State
 from proxy.catalogue import from_config
 from proxy.config import ProxyConfig
@@ -81,7 +82,8 @@ def _service(client: FakeClient, **overrides) -> tuple[DetectorService, CircuitB
                 **overrides}
     config = ProxyConfig(**settings)
     breaker = CircuitBreaker(config.breaker_failure_threshold, config.breaker_open_ms / 1000)
-    service = DetectorService(config, FakePool(client), FakeCatalogue(), Telemetry(0), breaker)
+    service = DetectorService(config, FakePool(client), FakeCatalogue(), Telemetry(0), breaker,
+                              Admission(config.max_upstream_calls, 1.0))
     return service, breaker
 
 

@@ -15,7 +15,9 @@ from promtext import scrape, value
 from servers import free_port, proxy
 from stack import stack
 
-PER_TRY_TIMEOUT_S = 2.0
+# A hung replica fails its next health check (every 1 s, 2 s timeout); its connections are
+# then closed and its calls retried on the other replica.
+HUNG_DETECTION_S = 3.0
 
 
 def _load(channel, request, calls: int, workers: int) -> tuple[list[str], list[float]]:
@@ -38,7 +40,7 @@ def _load(channel, request, calls: int, workers: int) -> tuple[list[str], list[f
 
 def test_sigstop_of_a_replica(tmp_path, images, backend):
     request = detect_pb2.DetectRequest(image=images["coffee.png"])
-    with stack(tmp_path, per_try_timeout_s=PER_TRY_TIMEOUT_S, backend=backend) as s:
+    with stack(tmp_path, backend=backend) as s:
         hung = s.tritons[0][1]
         with s.envoy.channel() as channel:
             timer = threading.Timer(1.0, lambda: hung.popen.send_signal(signal.SIGSTOP))
@@ -50,7 +52,7 @@ def test_sigstop_of_a_replica(tmp_path, images, backend):
                 hung.popen.send_signal(signal.SIGCONT)
         assert failures == []
         p99 = float(np.percentile(latencies, 99))
-        assert p99 < PER_TRY_TIMEOUT_S + 1.5, f"p99 {p99:.2f}s"
+        assert p99 < HUNG_DETECTION_S + 1.5, f"p99 {p99:.2f}s"
 
 
 def test_restart_a_proxy_under_load(tmp_path, images):
