@@ -52,8 +52,8 @@ class StackConfig:
     max_request_bytes: int = 9 * 1024 * 1024
     max_grpc_timeout_s: float = 30.0
     num_retries: int = 2
-    triton_keepalive_interval_s: int = 60
-    triton_keepalive_timeout_s: int = 20
+    triton_keepalive_interval_s: int = 5
+    triton_keepalive_timeout_s: int = 3
     health_interval_ms: int = 1000
     access_log: str = "/dev/stdout"
     # STRICT_DNS discovery instead of fixed addresses (names re-resolved every dns_refresh_s).
@@ -245,8 +245,8 @@ def _egress_routes(config: StackConfig) -> list[dict]:
             "timeout": _duration(config.max_grpc_timeout_s),
             "max_stream_duration": {"grpc_timeout_header_max": _duration(config.max_grpc_timeout_s)},
             # Retries only for work that never started or was lost with its replica: a refused
-            # connection or stream, a replica that died or hung (its connections are closed
-            # when it fails health checks), Triton's UNAVAILABLE while it shuts down. No
+            # connection or stream, a replica that died or hung (its connection is closed when
+            # a keepalive PING goes unanswered), Triton's UNAVAILABLE while it shuts down. No
             # per-try timeout: a call that is slow because Triton is busy is never sent again,
             # which would double the load exactly when there is no capacity to spare.
             "retry_policy": {
@@ -267,7 +267,8 @@ def _triton_cluster(config: StackConfig) -> dict:
                        config.dns_refresh_s if config.triton_dns else None)
     # Outlier detection reacts to failures a replica answers (INTERNAL, UNAVAILABLE: 5xx as
     # Envoy maps gRPC statuses), never to slowness: timeouts and resets are counted apart
-    # (local origin) and not enforced; dead or hung replicas are the health checks' job.
+    # (local origin) and not enforced; dead or hung replicas are found by health checks and
+    # keepalive PINGs, which a busy replica still answers.
     cluster["outlier_detection"] = {
         "split_external_local_origin_errors": True,
         "consecutive_5xx": 5,
@@ -282,9 +283,7 @@ def _triton_cluster(config: StackConfig) -> dict:
         "base_ejection_time": "5s",
         "max_ejection_percent": 50,
     }
-    # A replica that stops answering health checks (hung, or its host gone) takes its calls
-    # down with it: closing its connections resets them, and they are retried elsewhere.
-    cluster["close_connections_on_host_health_failure"] = True
+
     cluster["circuit_breakers"] = {"thresholds": [{
         "priority": "DEFAULT",
         "max_connections": 64,

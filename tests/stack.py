@@ -22,7 +22,7 @@ import render  # noqa: E402
 # Keepalive pairing shipped for production (README): Triton accepts pings on idle
 # connections no more often than Envoy's connection_keepalive sends them.
 TRITON_KEEPALIVE_FLAGS = ("--grpc-keepalive-permit-without-calls", "true",
-                          "--grpc-http2-min-recv-ping-interval-without-data", "60000")
+                          "--grpc-http2-min-recv-ping-interval-without-data", "4000")
 
 
 def make_certs(directory: Path) -> Path:
