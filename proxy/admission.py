@@ -99,7 +99,8 @@ class Admission:
             if waiter.done() and not waiter.cancelled():
                 self._release(None)  # handed a slot as the caller left: pass it on
             else:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # _release may have dropped it already
+                    self._waiters.remove(waiter)
             raise
         return self._clock() - start
 

@@ -1,0 +1,150 @@
+"""Admission: upstream slots, a queue bounded by each call's deadline, refusals at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.admission import Admission, AtCapacity
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_calls_under_the_limit_go_straight_through():
+    async def main():
+        admission = Admission(limit=2, max_wait_s=1.0)
+        async with admission.slot(10.0) as queued:
+            async with admission.slot(10.0) as queued_too:
+                assert (queued, queued_too) == (0.0, 0.0)
+                assert (admission.active, admission.queued) == (2, 0)
+        assert admission.active == 0
+    run(main())
+
+
+def test_waiters_are_served_in_arrival_order():
+    async def main():
+        admission = Admission(limit=1, max_wait_s=60.0)
+        order: list[int] = []
+        release = asyncio.Event()
+
+        async def call(i: int) -> None:
+            async with admission.slot(60.0):
+                order.append(i)
+                await release.wait()
+
+        tasks = [asyncio.create_task(call(i)) for i in range(4)]
+        await asyncio.sleep(0.01)
+        assert (admission.active, admission.queued) == (1, 3)
+        release.set()
+        await asyncio.gather(*tasks)
+        assert order == [0, 1, 2, 3] and admission.active == 0
+    run(main())
+
+
+def test_a_call_that_cannot_wait_long_enough_is_refused_at_once():
+    async def main():
+        clock = Clock()
+        admission = Admission(limit=1, max_wait_s=5.0, clock=clock)
+        # One call took 2 s: one slot at 0.5 calls/s, so the next waits about 2 s.
+        async with admission.slot(60.0):
+            clock.now += 2.0
+        hold = asyncio.Event()
+
+        async def busy() -> None:
+            async with admission.slot(60.0):
+                await hold.wait()
+
+        task = asyncio.create_task(busy())
+        await asyncio.sleep(0)
+        assert admission.expected_wait(0) == pytest.approx(2.0)
+        # Its deadline leaves 3 s: 2 s of wait plus 2 s of work do not fit.
+        with pytest.raises(AtCapacity) as err:
+            async with admission.slot(3.0):
+                pass
+        assert err.value.expected_wait_s == pytest.approx(2.0)
+        assert err.value.affordable_s == pytest.approx(1.0)
+        assert admission.queued == 0
+        hold.set()
+        await task
+    run(main())
+
+
+def test_the_queue_is_bounded_in_time_whatever_the_deadline():
+    async def main():
+        clock = Clock()
+        admission = Admission(limit=1, max_wait_s=0.9, clock=clock)
+        async with admission.slot(60.0):
+            clock.now += 0.5
+        hold = asyncio.Event()
+
+        async def busy() -> None:
+            async with admission.slot(600.0):
+                await hold.wait()
+
+        tasks = [asyncio.create_task(busy())]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(busy()))  # expected wait 0.5 s: queued
+        await asyncio.sleep(0)
+        assert admission.queued == 1
+        with pytest.raises(AtCapacity):  # 1.0 s ahead of it: over max_wait_s
+            async with admission.slot(600.0):
+                pass
+        hold.set()
+        await asyncio.gather(*tasks)
+    run(main())
+
+
+def test_a_caller_that_leaves_the_queue_frees_its_place():
+    async def main():
+        admission = Admission(limit=1, max_wait_s=60.0)
+        hold = asyncio.Event()
+
+        async def call() -> None:
+            async with admission.slot(60.0):
+                await hold.wait()
+
+        first = asyncio.create_task(call())
+        await asyncio.sleep(0)
+        leaving = asyncio.create_task(call())
+        staying = asyncio.create_task(call())
+        await asyncio.sleep(0)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        assert admission.queued == 1
+        hold.set()
+        await asyncio.gather(first, staying)
+        assert leaving.cancelled() and admission.active == 0
+    run(main())
+
+
+def test_throughput_under_a_queue_is_measured_from_slots_freed():
+    async def main():
+        clock = Clock()
+        admission = Admission(limit=2, max_wait_s=60.0, clock=clock)
+        gates = [asyncio.Event() for _ in range(6)]
+
+        async def call(i: int) -> None:
+            async with admission.slot(60.0):
+                await gates[i].wait()
+
+        tasks = [asyncio.create_task(call(i)) for i in range(6)]
+        await asyncio.sleep(0)
+        for gate in gates:  # one call finishes every 0.25 s
+            clock.now += 0.25
+            gate.set()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        assert admission.throughput() == pytest.approx(4.0, rel=0.01)
+    run(main())
