@@ -68,9 +68,9 @@ def test_a_call_that_cannot_wait_long_enough_is_refused_at_once():
         task = asyncio.create_task(busy())
         await asyncio.sleep(0)
         assert admission.expected_wait(0) == pytest.approx(2.0)
-        # Its deadline leaves 3 s: 2 s of wait plus 2 s of work do not fit.
+        # Its deadline leaves 6 s, half of which must hold 2 s of wait and 2 s of work.
         with pytest.raises(AtCapacity) as err:
-            async with admission.slot(3.0):
+            async with admission.slot(6.0):
                 pass
         assert err.value.expected_wait_s == pytest.approx(2.0)
         assert err.value.affordable_s == pytest.approx(1.0)
