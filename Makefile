@@ -110,7 +110,8 @@ prometheus-config: venv
 # The whole stack: Triton x2 (BACKEND=localtriton or triton), proxy x2, Envoy, Prometheus;
 # Ctrl-C stops all of it.
 run: venv protos models testdata envoy-config prometheus-config $(RUN_BACKEND)
-	$(BIN)/honcho --procfile Procfile --app-root . start
+	@mkdir -p build/supervisord
+	$(BIN)/supervisord -c supervisord.conf
 
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
 test: venv triton system-deps protos models testdata

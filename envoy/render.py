@@ -69,6 +69,12 @@ class StackConfig:
     max_connection_duration_s: float = 0.0
 
 
+# A retry avoids the host that just failed by drawing again, up to this many times. With
+# least-request balancing a dead host has no calls in flight, so it keeps winning the draw:
+# a few attempts are not enough to get away from it before health checks notice.
+HOST_SELECTION_ATTEMPTS = 20
+
+
 def _address(host_port: str) -> dict:
     host, port = host_port.rsplit(":", 1)
     return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
@@ -220,10 +226,11 @@ def _front_routes(config: StackConfig) -> list[dict]:
             # without one get the maximum.
             "timeout": _duration(config.max_grpc_timeout_s),
             "max_stream_duration": {"grpc_timeout_header_max": _duration(config.max_grpc_timeout_s)},
-            # Only failures that prove the call never reached a proxy are retried here.
-            "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2,
+            # Retried here: calls that never reached a proxy, and calls lost with a proxy that
+            # died (reset). A proxy's answer, whatever its code, is never retried.
+            "retry_policy": {"retry_on": "connect-failure,refused-stream,reset", "num_retries": 2,
                              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-                             "host_selection_retry_max_attempts": 3},
+                             "host_selection_retry_max_attempts": HOST_SELECTION_ATTEMPTS},
     }
     no_buffer = {"envoy.filters.http.buffer": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
@@ -254,7 +261,7 @@ def _egress_routes(config: StackConfig) -> list[dict]:
                 "num_retries": config.num_retries,
                 "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
                 "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-                "host_selection_retry_max_attempts": 3,
+                "host_selection_retry_max_attempts": HOST_SELECTION_ATTEMPTS,
             },
         },
     }]

@@ -42,10 +42,34 @@ class MakeRun:
             os.killpg(self.process.pid, signal.SIGINT)
         return self.process.wait(timeout)
 
-    def alive(self) -> list[str]:
-        out = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(self.process.pid)],
+    def descendants(self) -> dict[int, str]:
+        """Every process under `make run` (the supervisor puts each program in a process
+        group of its own, so the terminal's group does not hold them): pid -> command."""
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True,
+                             text=True, check=False)
+        rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
+        children: dict[int, list[tuple[int, str]]] = {}
+        for pid, ppid, *args in rows:
+            children.setdefault(int(ppid), []).append((int(pid), args[0] if args else ""))
+        found, stack = {}, [self.process.pid]
+        while stack:
+            for pid, args in children.get(stack.pop(), []):
+                found[pid] = args
+                stack.append(pid)
+        return found
+
+    def pid_of(self, program: str) -> int:
+        """The pid of a supervised program, e.g. "triton1", from supervisorctl."""
+        out = subprocess.run([str(ROOT / ".venv" / "bin" / "supervisorctl"), "-c",
+                              str(ROOT / "supervisord.conf"), "pid", program],
                              capture_output=True, text=True, check=False)
-        return [line for line in out.stdout.splitlines() if line.strip()]
+        return int(out.stdout.strip())
+
+    def alive(self, pids: dict[int, str] | None = None) -> list[str]:
+        """Which of ``pids`` (by default: the processes under `make run` now) still run."""
+        pids = self.descendants() if pids is None else pids
+        return [f"{pid} {args}" for pid, args in pids.items() if Path(f"/proc/{pid}").exists()
+                and "<defunct>" not in args]
 
 
 @contextlib.contextmanager
@@ -66,10 +90,9 @@ def make_run(tmp_path: Path, backend: str, timeout: float = 120.0) -> Iterator[M
             time.sleep(0.5)
         yield run
     finally:
+        everything = run.descendants()
         with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
             run.interrupt()
-        deadline = time.monotonic() + 10
-        while run.alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        for pid in everything:  # whatever a failed test left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -24,8 +24,10 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
             with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[port]}") as client:
                 name = client.get_server_metadata().name
             assert name == ("triton" if backend == TRITON else "localtriton")
+        everything = run.descendants()
+        assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()
         deadline = time.monotonic() + 10
-        while run.alive() and time.monotonic() < deadline:
+        while run.alive(everything) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert run.alive() == [], "processes left behind"
+        assert run.alive(everything) == [], "processes left behind"

@@ -1,9 +1,14 @@
-"""Overload through the stack of `make run` itself: it serves at capacity, refuses the excess
-at once with RESOURCE_EXHAUSTED, amplifies nothing, and recovers as soon as the load stops."""
+"""The stack of `make run` itself under load. Overload: it serves at capacity, refuses the
+excess at once with RESOURCE_EXHAUSTED, amplifies nothing, and recovers as soon as the load
+stops. Faults: a replica or a proxy killed with SIGKILL costs no call and is back within
+10 s; Ctrl-C lets every call in flight finish (or get UNAVAILABLE) and leaves nothing."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -149,3 +154,75 @@ def test_open_loop_at_3x_capacity_refuses_the_excess_at_once_and_recovers(run, r
     assert refused >= codes["RESOURCE_EXHAUSTED"] and fast >= 0.99 * refused, (fast, refused)
     assert recovered is not None and recovered < 5.0, recovered
     assert "CLOSED -> OPEN" not in run.log()
+
+
+def _healthy(run, cluster: str) -> int:
+    clusters = json.loads(admin_get(int(run.ports["ADMIN_PORT"]), "/clusters?format=json"))
+    for status in clusters["cluster_statuses"]:
+        if status["name"] == cluster:
+            return sum(1 for h in status.get("host_statuses", [])
+                       if not any(k.startswith("failed") for k in h["health_status"]))
+    return 0
+
+
+@pytest.mark.parametrize("program, cluster", [("triton1", "triton"), ("proxy1", "detect_proxy")])
+def test_kill_9_under_load_costs_no_call_and_the_process_comes_back(run, request_, program,
+                                                                      cluster):
+    victim = run.pid_of(program)
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        os.kill(victim, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    with run.channel() as channel:
+        timer = threading.Timer(2.0, kill)
+        timer.start()
+        codes, _, _ = _closed_loop(detect_pb2_grpc.DetectorStub(channel), request_, 240, 8, 30)
+        timer.join()
+    assert codes == {"OK": 240}, codes
+    while _healthy(run, cluster) < 2:
+        assert time.monotonic() - killed_at[0] < 10, f"{program} not back and healthy"
+        time.sleep(0.2)
+    assert run.pid_of(program) != victim
+
+
+def test_ctrl_c_under_load_finishes_in_flight_calls_and_leaves_nothing(run, request_):
+    """Last in this module: it stops the stack."""
+    outcomes: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    deadline_s = 30.0
+    everything = run.descendants()
+
+    def caller() -> None:
+        with run.channel() as channel:
+            stub = detect_pb2_grpc.DetectorStub(channel)
+            for _ in range(30):
+                start = time.monotonic()
+                try:
+                    stub.Detect(request_, timeout=deadline_s)
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                with lock:
+                    outcomes.append((code, time.monotonic() - start))
+                if code != "OK":
+                    return
+
+    callers = [threading.Thread(target=caller) for _ in range(8)]
+    for t in callers:
+        t.start()
+    time.sleep(2.0)
+    interrupted = time.monotonic()
+    run.interrupt()
+    for t in callers:
+        t.join(60)
+    codes = Counter(code for code, _ in outcomes)
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert codes["OK"] >= 8, codes
+    assert max(t for _, t in outcomes) < deadline_s
+    stopped = time.monotonic()
+    while run.alive(everything):
+        assert time.monotonic() - stopped < 10, run.alive(everything)
+        time.sleep(0.2)
+    assert stopped - interrupted < 60
