@@ -230,6 +230,53 @@ def median_rounds(results: list[dict]) -> list[dict]:
     return merged
 
 
+OVERLOAD_MULTIPLES = (0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+def overload_curve(args: argparse.Namespace, tmp: Path, image: bytes) -> dict:
+    """(g): the stack of `make run` at 0.5x to 5x its capacity, open loop, every call with a
+    deadline: what it serves, what it refuses and how fast, what arrives too late."""
+    name = "overload"
+    with stack_front(tmp) as (front, _):
+        body = tmp / f"{name}.bin"
+        body.write_bytes(request_body(front, [], "face_detector", image))
+        url = front.url + front.path
+        closed = h2load.run(url, body, Load(args.face_requests, 2, 8), tmp / f"{name}-cap.log",
+                            args.timeout)
+        capacity = closed["rps"]
+        points = []
+        for multiple in OVERLOAD_MULTIPLES:
+            rate = multiple * capacity
+            calls = max(20, int(rate * args.overload_seconds))
+            load = Load(calls, 4, 256, rps_per_client=rate / 4,
+                        headers=(f"grpc-timeout: {args.overload_deadline_s}S",))
+            before = [s for port in front.proxy_metrics for s in scrape(port)]
+            result = h2load.run(url, body, load, tmp / f"{name}-{multiple}.log", args.timeout)
+            after = [s for port in front.proxy_metrics for s in scrape(port)]
+            delta = lambda metric, **labels: (value(after, metric, **labels)
+                                              - value(before, metric, **labels))
+            count = "rpc_server_duration_milliseconds_count"
+            ok = delta(count, status="OK")
+            refused = delta(count, status="RESOURCE_EXHAUSTED")
+            fast = delta("rpc_server_duration_milliseconds_bucket", status="RESOURCE_EXHAUSTED",
+                         le="20")
+            points.append({
+                "multiple": multiple, "offered_rps": round(rate, 1), "calls": calls,
+                "goodput_rps": round(ok / result["elapsed_s"], 1),
+                "ok": int(ok), "refused": int(refused),
+                "late": int(delta(count, status="DEADLINE_EXCEEDED")
+                            + delta(count, status="CANCELLED")),
+                "other": int(delta(count) - ok - refused - delta(count, status="DEADLINE_EXCEEDED")
+                             - delta(count, status="CANCELLED")),
+                "refused_within_20ms": round(fast / refused, 4) if refused else None,
+                "latency_ms": result["latency_ms"], "elapsed_s": result["elapsed_s"]})
+            print(f"  overload {multiple}x: {points[-1]['goodput_rps']} goodput RPS "
+                  f"of {rate:.1f} offered", file=sys.stderr)
+    return {"scenario": name, "group": "overload", "model": "face_detector",
+            "capacity_rps": capacity, "deadline_s": args.overload_deadline_s,
+            "points": points}
+
+
 def run_all(args: argparse.Namespace, tmp: Path) -> dict:
     image = args.image.read_bytes()
     n = args.requests
@@ -290,6 +337,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
             results.append(measure("stack face_detector", "face", front, stack_tritons,
                                    "face_detector", image, load, tmp, args.timeout,
                                    batch_model="centerface"))
+    overload = None if args.smoke else overload_curve(args, tmp, image)
     # (f): localtriton against the genuine tritonserver (CPU build), one proxy in front of
     # each in turn; the backend's CPU includes its Python backend stub processes.
     models = [("null_detector", closed, "null_detector")]
@@ -304,7 +352,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
                                        image, load, tmp, args.timeout, batch_model=batch_model))
             print(f"  {kind} {model}: {results[-1]['rps']} RPS", file=sys.stderr)
     inprocess = None if args.smoke else onnxruntime_inprocess.measure(args.image, args.ort_seconds)
-    return {"results": results, "onnxruntime_inprocess": inprocess}
+    return {"results": results, "onnxruntime_inprocess": inprocess, "overload": overload}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--batch-max-wait-us of the aggregation scenarios")
     parser.add_argument("--ort-seconds", type=float, default=10.0,
                         help="duration of each in-process onnxruntime layout")
+    parser.add_argument("--overload-seconds", type=float, default=15.0,
+                        help="duration of each point of the overload curve")
+    parser.add_argument("--overload-deadline-s", type=int, default=5,
+                        help="deadline (grpc-timeout) of every call of the overload curve")
     parser.add_argument("--image", type=Path, default=ROOT / "build" / "testdata" / "coffee.png")
     parser.add_argument("--timeout", type=float, default=300, help="limit per h2load run, s")
     parser.add_argument("--smoke", action="store_true",
@@ -355,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {args.report}", file=sys.stderr)
     print((args.out / "bench.md").read_text())
     failed = {r["scenario"]: failures(r) for r in data["results"] if failures(r)}
+    for point in (data.get("overload") or {}).get("points", []):
+        if point["other"]:
+            failed[f"overload {point['multiple']}x"] = [f"{point['other']} calls failed "
+                                                       "other than refused or late"]
     if failed:
         print(f"calls failed: {json.dumps(failed, indent=2)}", file=sys.stderr)
         return 1

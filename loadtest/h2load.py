@@ -25,6 +25,7 @@ class Load:
     clients: int = 4
     streams: int = 8  # concurrent streams per client (closed loop: the concurrency)
     rps_per_client: float = 0.0  # > 0: open loop, requests started at this rate per client
+    headers: tuple[str, ...] = ()  # extra request headers, e.g. "grpc-timeout: 5S"
 
     @property
     def open_loop(self) -> bool:
@@ -57,6 +58,8 @@ def run(url: str, body: Path, load: Load, log_file: Path, timeout_s: float) -> d
             "-H", "te: trailers", "-d", str(body), "--log-file", str(log_file), url]
     if load.open_loop:
         args[1:1] = ["--rps", f"{load.rps_per_client:g}"]
+    for header in load.headers:
+        args[1:1] = ["-H", header]
     log_file.unlink(missing_ok=True)  # h2load appends
     start = time.monotonic()
     out = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)

@@ -247,6 +247,35 @@ Triton on that GPU, never from localtriton's figures.
 """
 
 
+def _share(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.1%}"
+
+
+def figure_g(overload: dict) -> str:
+    rows = "\n".join(
+        f"| {p['multiple']:g}x | {p['offered_rps']} | {p['goodput_rps']} "
+        f"({p['goodput_rps'] / overload['capacity_rps']:.0%}) | {p['ok']} | {p['refused']} | "
+        f"{p['late']} | {p['other']} | {_share(p['refused_within_20ms'])} | "
+        f"{p['latency_ms']['p50']} / {p['latency_ms']['p99']} |"
+        for p in overload["points"])
+    worst = min(p["goodput_rps"] for p in overload["points"] if p["multiple"] >= 1)
+    return f"""## (g) Overload: goodput against offered load
+
+The stack of `make run` (Envoy TLS front, 2 proxies, 2 backend replicas), face_detector,
+open loop at multiples of its capacity ({overload['capacity_rps']} RPS, measured closed loop
+just before), every call with a {overload['deadline_s']} s deadline. Outcomes from the
+proxies' own counters; "late" calls were admitted and missed their deadline, "refused" got
+RESOURCE_EXHAUSTED; latency percentiles are h2load's, over all calls.
+
+| offered | RPS | goodput RPS (of capacity) | OK | refused | late | other | refused within 20 ms | p50 / p99 ms |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+From 1x up, goodput never falls below {worst / overload['capacity_rps']:.0%} of capacity: the
+excess is refused at once instead of queued past its deadline or sent again.
+"""
+
+
 def aggregation(s: dict) -> str:
     """Whether request aggregation earns being on by default: it must not cost front CPU or
     latency in any load shape measured."""
@@ -311,6 +340,8 @@ Compare rows of this page with each other, not with another run or machine.
         parts.append(figure_e(s))
     if "tritonserver face_detector" in s:
         parts.append(figure_f(s))
+    if data.get("overload"):
+        parts.append(figure_g(data["overload"]))
     parts += [aggregation(s), open_loop(s), table(data).replace("# Benchmark scenarios", "## Every scenario")]
     return "\n".join(parts)
 
