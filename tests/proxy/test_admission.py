@@ -21,6 +21,22 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def _one_slot_taking(seconds: float, max_wait_s: float) -> tuple[Admission, Clock]:
+    """One slot whose last call took ``seconds``: the backend does 1/seconds calls a second."""
+    clock = Clock()
+    admission = Admission(limit=1, max_wait_s=max_wait_s, clock=clock)
+    async with admission.slot(60.0):
+        clock.now += seconds
+    return admission, clock
+
+
+def _busy(admission: Admission, hold: asyncio.Event) -> asyncio.Task:
+    async def call() -> None:
+        async with admission.slot(600.0):
+            await hold.wait()
+    return asyncio.create_task(call())
+
+
 def test_calls_under_the_limit_go_straight_through():
     async def main():
         admission = Admission(limit=2, max_wait_s=1.0)
@@ -54,18 +70,10 @@ def test_waiters_are_served_in_arrival_order():
 
 def test_a_call_that_cannot_wait_long_enough_is_refused_at_once():
     async def main():
-        clock = Clock()
-        admission = Admission(limit=1, max_wait_s=5.0, clock=clock)
         # One call took 2 s: one slot at 0.5 calls/s, so the next waits about 2 s.
-        async with admission.slot(60.0):
-            clock.now += 2.0
+        admission, _ = await _one_slot_taking(2.0, max_wait_s=5.0)
         hold = asyncio.Event()
-
-        async def busy() -> None:
-            async with admission.slot(60.0):
-                await hold.wait()
-
-        task = asyncio.create_task(busy())
+        task = _busy(admission, hold)
         await asyncio.sleep(0)
         assert admission.expected_wait(0) == pytest.approx(2.0)
         # Its deadline leaves 6 s, half of which must hold 2 s of wait and 2 s of work.
@@ -82,19 +90,11 @@ def test_a_call_that_cannot_wait_long_enough_is_refused_at_once():
 
 def test_the_queue_is_bounded_in_time_whatever_the_deadline():
     async def main():
-        clock = Clock()
-        admission = Admission(limit=1, max_wait_s=0.9, clock=clock)
-        async with admission.slot(60.0):
-            clock.now += 0.5
+        admission, _ = await _one_slot_taking(0.5, max_wait_s=0.9)
         hold = asyncio.Event()
-
-        async def busy() -> None:
-            async with admission.slot(600.0):
-                await hold.wait()
-
-        tasks = [asyncio.create_task(busy())]
+        tasks = [_busy(admission, hold)]
         await asyncio.sleep(0)
-        tasks.append(asyncio.create_task(busy()))  # expected wait 0.5 s: queued
+        tasks.append(_busy(admission, hold))  # expected wait 0.5 s: queued
         await asyncio.sleep(0)
         assert admission.queued == 1
         with pytest.raises(AtCapacity):  # 1.0 s ahead of it: over max_wait_s
