@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 # Weight of the newest sample in the moving averages of latency and of the interval between
-# slots coming free under a queue.
+# calls completed under a queue.
 SMOOTHING = 0.2
 # Throughput measured under a queue counts for this long after the queue last held a call.
 SATURATED_MEMORY_S = 5.0
@@ -53,7 +53,7 @@ class Admission:
         self._active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._latency_s = 0.0  # moving average of the time a call holds a slot
-        self._interval_s = 0.0  # moving average of the time between slots freed under a queue
+        self._interval_s = 0.0  # moving average of the time between completions under a queue
         self._last_completion = 0.0
         self._saturated_at = float("-inf")
 
