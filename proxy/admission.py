@@ -5,11 +5,14 @@ At most ``limit`` calls per proxy are upstream at a time; more would only wait i
 queue, out of sight. A call that finds every slot taken waits its turn in a FIFO queue if
 the wait it faces fits both its own deadline and ``max_wait_s``; otherwise it is refused
 immediately with RESOURCE_EXHAUSTED, before any work is spent on it. (Its turn and its own
-upstream time must fit in half of what is left of its deadline.) The wait is estimated
-from what the backend delivers: the rate at which calls completed while others were waiting
-(the backend's throughput at capacity), or, before that is known, ``limit`` over the mean
-upstream latency (Little's law). Calls that left early (their caller gave up) free their
-slot but count for neither: the backend may still be working on them.
+upstream time must fit in half of what is left of its deadline.)
+
+The wait is estimated from what the backend delivers. While calls queue, every slot is busy,
+so by Little's law the backend completes ``limit / latency`` of this proxy's calls a second,
+latency being the moving average of the time a call holds its slot. That average is steady
+where counting completions is not: a batching backend completes calls in bursts. Calls that
+left early (their caller gave up) free their slot but are not counted: the backend may
+still be working on them, and their short holds would make the backend look faster.
 
 The queue is bounded in time, not only in length, so when a burst ends the proxy is back to
 normal latency within ``max_wait_s``; and a call refused here was never started, so nothing
@@ -24,11 +27,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-# Weight of the newest sample in the moving averages of latency and of the interval between
-# calls completed under a queue.
+# Weight of the newest sample in the moving average of latency.
 SMOOTHING = 0.2
-# Throughput measured under a queue counts for this long after the queue last held a call.
-SATURATED_MEMORY_S = 5.0
 # A queued call must be expected to finish within this share of what is left of its
 # deadline: estimates drift with load, and a call that misses its deadline after its turn
 # came has cost the backend work that nobody receives.
@@ -52,10 +52,7 @@ class Admission:
         self._clock = clock
         self._active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._latency_s = 0.0  # moving average of the time a call holds a slot
-        self._interval_s = 0.0  # moving average of the time between completions under a queue
-        self._last_completion = 0.0
-        self._saturated_at = float("-inf")
+        self._latency_s = 0.0  # moving average of the time a completed call held its slot
 
     @property
     def active(self) -> int:
@@ -67,16 +64,11 @@ class Admission:
 
     def throughput(self) -> float:
         """Calls per second the backend completes for this proxy at capacity (0: unknown)."""
-        if self._measured():
-            return 1.0 / self._interval_s
         return self.limit / self._latency_s if self._latency_s > 0 else 0.0
 
     def expected_wait(self, ahead: int) -> float:
         rate = self.throughput()
         return (ahead + 1) / rate if rate > 0 else 0.0
-
-    def _measured(self) -> bool:
-        return self._interval_s > 0 and self._clock() - self._saturated_at < SATURATED_MEMORY_S
 
     @contextlib.asynccontextmanager
     async def slot(self, remaining_s: float) -> AsyncIterator[float]:
@@ -105,7 +97,6 @@ class Admission:
 
     async def _queue(self) -> float:
         start = self._clock()
-        self._saturated_at = start
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -121,21 +112,14 @@ class Admission:
 
     def _release(self, held_s: float | None) -> None:
         """Free a slot; ``held_s`` is None when the call did not complete."""
-        now = self._clock()
         if held_s is not None:
             self._latency_s = _smooth(self._latency_s, held_s)
-            if self._waiters:  # at capacity: completions pace the queue
-                if self._last_completion:
-                    self._interval_s = _smooth(self._interval_s, now - self._last_completion)
-                self._last_completion = now
         while self._waiters:
             waiter = self._waiters.popleft()
             if waiter.done():  # cancelled while queued
                 continue
-            self._saturated_at = now
             waiter.set_result(None)  # the slot passes on: active stays the same
             return
-        self._last_completion = 0.0
         self._active -= 1
 
 

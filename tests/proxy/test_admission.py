@@ -128,23 +128,24 @@ def test_a_caller_that_leaves_the_queue_frees_its_place():
     run(main())
 
 
-def test_throughput_under_a_queue_is_measured_from_slots_freed():
+def test_throughput_is_slots_over_the_latency_of_completed_calls():
     async def main():
         clock = Clock()
         admission = Admission(limit=2, max_wait_s=60.0, clock=clock)
-        gates = [asyncio.Event() for _ in range(6)]
-
-        async def call(i: int) -> None:
+        for held in (0.5, 0.5, 0.5):
             async with admission.slot(60.0):
-                await gates[i].wait()
-
-        tasks = [asyncio.create_task(call(i)) for i in range(6)]
+                clock.now += held
+        assert admission.throughput() == pytest.approx(4.0)  # 2 slots, 0.5 s each
+        # A call whose caller left early frees its slot but says nothing of the backend.
+        leaving = _busy(admission, asyncio.Event())
         await asyncio.sleep(0)
-        for gate in gates:  # one call finishes every 0.25 s
-            clock.now += 0.25
-            gate.set()
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
-        assert admission.throughput() == pytest.approx(4.0, rel=0.01)
+        clock.now += 0.01
+        leaving.cancel()
+        await asyncio.sleep(0)
+        assert admission.throughput() == pytest.approx(4.0) and admission.active == 0
+        # Completed calls move it: slower answers, a slower backend.
+        for _ in range(20):
+            async with admission.slot(60.0):
+                clock.now += 1.0
+        assert admission.throughput() == pytest.approx(2.0, rel=0.02)
     run(main())
