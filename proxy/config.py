@@ -27,7 +27,7 @@ class ProxyConfig:
     max_image_height: int = 4096
     max_in_flight: int = 256
     max_upstream_calls: int = 8
-    max_queue_wait_ms: int = 10_000
+    max_queue_wait_ms: int = 20_000
     upstream_timeout_ms: int = 30_000
     batch_max_wait_us: int = 0
     batch_max_size: int = 0
