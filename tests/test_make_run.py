@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import grpc
 import tritonclient.grpc as grpcclient
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
 
 from makerun import make_run
 from servers import TRITON
@@ -24,6 +27,17 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
             with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[port]}") as client:
                 name = client.get_server_metadata().name
             assert name == ("triton" if backend == TRITON else "localtriton")
+        # An oversized image is INVALID_ARGUMENT naming the limit, whoever answers first.
+        with run.channel() as channel:
+            stub = detect_pb2_grpc.DetectorStub(channel)
+            for size in (8 * 1024 * 1024 + 1, 20_000_000):
+                try:
+                    stub.Detect(detect_pb2.DetectRequest(image=b"\x89PNG" + b"\x00" * size),
+                                timeout=30)
+                    raise AssertionError("an oversized image was accepted")
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+                    assert "limit" in err.details()
         everything = run.descendants()
         assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()
