@@ -60,10 +60,11 @@ def _load(target_channel, request, calls: int, workers: int, stop_at: threading.
 
 def test_kill_9_of_a_replica_under_300_concurrent_calls(tmp_path, images, backend):
     # 300 callers that can all wait (60 s deadlines, let through by Envoy as they are): the
-    # proxies queue them rather than refuse, even at half the capacity after the kill, so
+    # proxies queue them rather than refuse (least-request can give one proxy more than its
+    # default 256 in flight), even at half the capacity after the kill, so
     # every outcome is the kill's doing.
     with stack(tmp_path, backend=backend, max_grpc_timeout_s=120.0,
-               proxy_flags=("--max-queue-wait-ms", "60000")) as s:
+               proxy_flags=("--max-queue-wait-ms", "60000", "--max-in-flight", "1024")) as s:
         request = detect_pb2.DetectRequest(image=images["coffee.png"])
         with s.envoy.channel() as channel:
             killer = threading.Timer(1.5, lambda: s.tritons[0][1].stop(signal.SIGKILL))
