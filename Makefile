@@ -26,10 +26,10 @@ export PROMETHEUS_PORT ?= 9090
 # The backend of `make run`: localtriton (default) or triton (genuine tritonserver, CPU build).
 BACKEND ?= localtriton
 ifeq ($(BACKEND),triton)
-export TRITON_MODULE := localtriton.tritonserver
+export TRITON_MODULE := detect_localtriton.tritonserver
 RUN_BACKEND := triton
 else ifeq ($(BACKEND),localtriton)
-export TRITON_MODULE := localtriton
+export TRITON_MODULE := detect_localtriton
 RUN_BACKEND :=
 else
 $(error BACKEND must be localtriton or triton, not '$(BACKEND)')
@@ -52,7 +52,7 @@ venv: $(STAMP)
 
 # Genuine Triton Inference Server (CPU, Python backend only) from the nvidia-pytriton wheel,
 # in its own venv: its Python backend needs numpy < 2, and our Python-backend models need
-# Pillow and onnxruntime there. Started by `python -m localtriton.tritonserver`.
+# Pillow and onnxruntime there. Started by `python -m detect_localtriton.tritonserver`.
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 $(TRITON_STAMP): localtriton/triton-requirements.txt
@@ -88,13 +88,13 @@ testdata: $(IMAGES)
 
 # A development PKI (CA, server and client certificates); never committed.
 $(CERTS): envoy/certs.py | $(STAMP)
-	$(BIN)/python envoy/certs.py --out build/certs
+	$(BIN)/python -m detect_envoy.certs --out build/certs
 
 certs: $(CERTS)
 
 # Envoy's configuration for `make run`, rendered from the ports above and validated by Envoy.
 envoy-config: venv certs
-	$(BIN)/python envoy/render.py --out build/envoy/envoy.yaml \
+	$(BIN)/python -m detect_envoy.render --out build/envoy/envoy.yaml \
 	  --front-port $(FRONT_PORT) --admin-port $(ADMIN_PORT) --egress-port $(EGRESS_PORT) \
 	  --proxy 127.0.0.1:$(PROXY1_PORT) --proxy 127.0.0.1:$(PROXY2_PORT) \
 	  --triton 127.0.0.1:$(TRITON1_PORT) --triton 127.0.0.1:$(TRITON2_PORT) \
@@ -102,7 +102,7 @@ envoy-config: venv certs
 
 # Prometheus scraping the stack of `make run` (started with it when installed).
 prometheus-config: venv
-	$(BIN)/python observability/prometheus.py --out build/prometheus/prometheus.yml \
+	$(BIN)/python -m detect_observability.prometheus --out build/prometheus/prometheus.yml \
 	  --proxy 127.0.0.1:$(PROXY1_METRICS_PORT) --proxy 127.0.0.1:$(PROXY2_METRICS_PORT) \
 	  --envoy-admin 127.0.0.1:$(ADMIN_PORT) \
 	  --triton 127.0.0.1:$(TRITON1_METRICS_PORT) --triton 127.0.0.1:$(TRITON2_METRICS_PORT)
@@ -122,34 +122,34 @@ test: venv triton system-deps protos models testdata
 # keeps working.
 BENCH_ARGS ?=
 bench: venv triton system-deps protos models testdata
-	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m detect_loadtest.bench $(BENCH_ARGS)
 
 bench-smoke: venv triton system-deps protos models testdata
-	$(BIN)/python loadtest/bench.py --smoke --out build/bench-smoke
+	$(BIN)/python -m detect_loadtest.bench --smoke --out build/bench-smoke
 
 # Where the proxy's CPU goes under load (py-spy): build/profile/summary.txt.
 PROFILE_ARGS ?=
 profile: venv system-deps protos models testdata
-	$(BIN)/python loadtest/profile.py $(PROFILE_ARGS)
+	$(BIN)/python -m detect_loadtest.cpuprofile $(PROFILE_ARGS)
 
 # Long-running soak of the whole stack (not part of `make test`): 10 minutes by default.
 SOAK_ARGS ?=
 soak: venv protos models testdata
-	$(BIN)/python loadtest/soak.py $(SOAK_ARGS)
+	$(BIN)/python -m detect_loadtest.soak $(SOAK_ARGS)
 
 # Deployments (deploy/): regenerate the rendered configurations, check them and the
 # manifests offline, and size the fleet from the latest benchmark (deploy/CAPACITY.md).
 deploy-configs: venv
-	$(BIN)/python deploy/configs.py
+	$(BIN)/python -m detect_deploy.configs
 
 deploy-check: venv protos models testdata
-	$(BIN)/python deploy/configs.py --check
-	$(BIN)/python deploy/lock.py --check
+	$(BIN)/python -m detect_deploy.configs --check
+	$(BIN)/python -m detect_deploy.lock --check
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 CAPACITY_ARGS ?=
 capacity: venv
-	$(BIN)/python deploy/capacity.py --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
+	$(BIN)/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) build detect $(MODEL)

@@ -5,7 +5,7 @@ Inputs are our own measurements, CPU time per request of each process from the b
 project cannot measure without GPUs: the throughput of one Triton GPU replica. The output
 (deploy/CAPACITY.md) states the formula, every input, and which number is an assumption.
 
-    .venv/bin/python deploy/capacity.py --bench loadtest/results/bench/bench.json \\
+    .venv/bin/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json \\
         --out deploy/CAPACITY.md [--target-rps 10000] [--target-utilisation 0.65] \\
         [--gpu-rps-per-replica 500]
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         resolved = path.resolve()
         return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
-    command = shlex.join([".venv/bin/python", "deploy/capacity.py", "--bench", shown(args.bench),
+    command = shlex.join([".venv/bin/python", "-m", "detect_deploy.capacity", "--bench", shown(args.bench),
                           "--out", shown(args.out), "--target-rps", f"{args.target_rps:g}",
                           "--target-utilisation", f"{args.target_utilisation:g}",
                           "--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}",

@@ -4,14 +4,14 @@ The files under deploy/ are generated, committed (Kubernetes reads them through 
 kustomization's configMapGenerator, Compose mounts them) and checked for freshness by the
 tests, so a change to envoy/render.py shows up in review as a change to what is deployed:
 
-    .venv/bin/python deploy/configs.py            # rewrite them
-    .venv/bin/python deploy/configs.py --check    # exit 1 when one is stale
+    .venv/bin/python -m detect_deploy.configs            # rewrite them
+    .venv/bin/python -m detect_deploy.configs --check    # exit 1 when one is stale
 
 TLS material is never committed. ``tls-dir`` prepares the directory both deployments read
 (tls.crt, tls.key) from your certificate, or a development PKI for a trial cluster:
 
-    .venv/bin/python deploy/configs.py tls-dir --out deploy/k8s/tls --cert server.crt --key server.key
-    .venv/bin/python deploy/configs.py tls-dir --out deploy/compose/tls --dev
+    .venv/bin/python -m detect_deploy.configs tls-dir --out deploy/k8s/tls --cert server.crt --key server.key
+    .venv/bin/python -m detect_deploy.configs tls-dir --out deploy/compose/tls --dev
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "envoy"), str(ROOT / "observability")]
-import certs as pki  # noqa: E402  (sibling scripts, not packages)
-import prometheus  # noqa: E402
-import render  # noqa: E402
+from detect_envoy import certs as pki
+from detect_envoy import render
+from detect_observability import prometheus
 
 # Where the TLS directory is mounted in the Envoy container (Kubernetes and Compose alike).
 TLS_DIR = Path("/etc/detect/tls")
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for diff in diffs:
             print(diff, file=sys.stderr)
         if diffs:
-            print("generated deployment files are stale: run .venv/bin/python deploy/configs.py",
+            print("generated deployment files are stale: run .venv/bin/python -m detect_deploy.configs",
                   file=sys.stderr)
         return 1 if diffs else 0
     for path, text in outputs().items():

@@ -5,8 +5,8 @@ lock files say, with ``pip install --no-deps``, so an image built next month has
 packages as one built today. Each lock is the full dependency closure of one part, read
 from the environment this runs in (the project's .venv, where the tests pass):
 
-    .venv/bin/python deploy/lock.py            # rewrite deploy/requirements/*.txt
-    .venv/bin/python deploy/lock.py --check    # exit 1 if a lock no longer matches pyproject
+    .venv/bin/python -m detect_deploy.lock            # rewrite deploy/requirements/*.txt
+    .venv/bin/python -m detect_deploy.lock --check    # exit 1 if a lock no longer matches pyproject
 
 Regenerate after changing dependencies in pyproject.toml or upgrading the .venv.
 """

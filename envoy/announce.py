@@ -60,7 +60,7 @@ def main() -> int:
         ok, why = healthy(args.admin_port)
 
     python = sys.executable
-    sample = subprocess.run([python, "-m", "proxy.client", str(SAMPLE), "--target", args.front,
+    sample = subprocess.run([python, "-m", "detect_proxy.client", str(SAMPLE), "--target", args.front,
                              "--ca-file", args.ca], capture_output=True, text=True, cwd=ROOT)
     front_port = args.front.rsplit(":", 1)[1]
     print(f"""
@@ -74,7 +74,7 @@ Try it:
   grpcurl -cacert {args.ca} localhost:{front_port} list
   base64 -w0 {SAMPLE.relative_to(ROOT)} | sed 's/.*/{{"image":"&"}}/' | \\
     grpcurl -cacert {args.ca} -d @ localhost:{front_port} detect.v1.Detector/Detect
-  .venv/bin/python -m proxy.client {SAMPLE.relative_to(ROOT)} --target {args.front} --ca-file {args.ca}
+  .venv/bin/python -m detect_proxy.client {SAMPLE.relative_to(ROOT)} --target {args.front} --ca-file {args.ca}
 
 Sample call:
 {(sample.stdout or sample.stderr).rstrip()}

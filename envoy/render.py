@@ -28,9 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detect_envoy.certs import SDS_FILE, client_identity
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from certs import SDS_FILE, client_identity  # noqa: E402  (sibling script, not a package)
 
 
 

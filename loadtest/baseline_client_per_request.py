@@ -6,7 +6,7 @@ reuse a previous one's connection through its global subchannel pool, which othe
 languages' clients do not do; a local pool per channel gives the real cost. Benchmarks run it side by side with the proxy
 to show what the shared pool saves; it has no validation, limits or error mapping.
 
-    python loadtest/baseline_client_per_request.py --listen 127.0.0.1:50061 --triton-url 127.0.0.1:8001
+    python -m detect_loadtest.baseline_client_per_request --listen 127.0.0.1:50061 --triton-url 127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generated stubs
-from detect.v1 import detect_pb2  # noqa: E402
+from detect.v1 import detect_pb2
 
 # tritonclient's defaults (unlimited messages) plus a connection of its own per channel.
 CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1),

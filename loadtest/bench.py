@@ -28,22 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "loadtest")]
 
 import grpc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 
-import h2load  # noqa: E402
-import onnxruntime_inprocess  # noqa: E402
-import report  # noqa: E402
+from detect_loadtest import h2load
+from detect_loadtest import onnxruntime_inprocess
+from detect_loadtest import report
 from detect.v1 import detect_pb2  # noqa: E402
-from h2load import Load, grpc_frame  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
-from promtext import scrape, value  # noqa: E402
-from proxy.catalogue import from_config  # noqa: E402
-from sampler import Sampler, expected_detections  # noqa: E402
-from servers import BACKENDS, free_port, localtriton, proxy, running, triton_server  # noqa: E402
-from stack import envoy, make_certs, stack  # noqa: E402
+from detect_loadtest.h2load import Load, grpc_frame  # noqa: E402
+from detect_loadtest.procstat import cpu_seconds
+from detect_stack.promtext import scrape, value  # noqa: E402
+from detect_proxy.catalogue import from_config  # noqa: E402
+from detect_loadtest.sampler import Sampler, expected_detections
+from detect_stack.servers import BACKENDS, free_port, localtriton, proxy, running, triton_server  # noqa: E402
+from detect_stack.stack import envoy, make_certs, stack  # noqa: E402
 
 DETECT_PATH = "/detect.v1.Detector/Detect"
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -86,7 +85,7 @@ def baseline_front(tmp: Path, triton: str, script: str, sampled: bool = True) ->
             grpc.channel_ready_future(channel).result(timeout=1)
             return True
 
-    args = [sys.executable, str(ROOT / "loadtest" / script), "--listen", target,
+    args = [sys.executable, "-m", f"detect_loadtest.{script}", "--listen", target,
             "--triton-url", triton]
     with running(args, tmp / f"{script}.log", ready) as proc:
         yield Front(f"http://{target}", {"front": [proc.popen.pid]},
@@ -301,9 +300,9 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
             add("proxy+aggregation", "overhead",
                 proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))))
             add("floor", "overhead",
-                baseline_front(tmp, triton, "passthrough_floor.py", sampled=False))
+                baseline_front(tmp, triton, "passthrough_floor", sampled=False))
             add("client-per-request", "overhead",
-                baseline_front(tmp, triton, "baseline_client_per_request.py"))
+                baseline_front(tmp, triton, "baseline_client_per_request"))
         results[:] = median_rounds(results)
         # Open loop: the same arrival rate for each, half of what the floor sustained.
         floor_rps = next(r["rps"] for r in results if r["scenario"] == "floor")
@@ -314,13 +313,13 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
         add("proxy+aggregation open-loop", "open-loop",
             proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))),
             load=open_load)
-        add("floor open-loop", "open-loop", baseline_front(tmp, triton, "passthrough_floor.py", sampled=False),
+        add("floor open-loop", "open-loop", baseline_front(tmp, triton, "passthrough_floor", sampled=False),
             load=open_load)
         # (c): latency added at low concurrency, one call at a time.
         one = Load(args.latency_requests, 1, 1)
         add("direct", "latency", direct_front(triton), load=one)
         add("floor c=1", "latency",
-            baseline_front(tmp, triton, "passthrough_floor.py", sampled=False), load=one)
+            baseline_front(tmp, triton, "passthrough_floor", sampled=False), load=one)
         add("proxy c=1", "latency", proxy_front(tmp, triton, NO_AGGREGATION), load=one)
         add("proxy+aggregation c=1", "latency",
             proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))), load=one)
@@ -393,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         data = run_all(args, Path(tmp))
-    command = " ".join(["python", "loadtest/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python", "-m", "detect_loadtest.bench", *(argv if argv is not None else sys.argv[1:])])
     data = {"command": command, "duration_s": round(time.monotonic() - started, 1),
             "machine": {"cpus": len(os.sched_getaffinity(0)),
                         "python": platform.python_version(), "grpcio": grpc.__version__,

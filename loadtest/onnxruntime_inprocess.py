@@ -6,7 +6,7 @@ pre/post-processing: whatever the stack does on top can only lower its images pe
 Two layouts are tried, and the faster one is the limit: one session per core with one
 thread each (how the backend runs instances), and one session using every core.
 
-    python loadtest/onnxruntime_inprocess.py --image build/testdata/coffee.png --seconds 10
+    python -m detect_loadtest.onnxruntime_inprocess --image build/testdata/coffee.png --seconds 10
 """
 
 from __future__ import annotations

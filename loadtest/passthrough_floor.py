@@ -5,7 +5,7 @@ the DetectRequest, wraps the image into a minimal ModelInferRequest (raw tensor,
 validation, no tritonclient), and returns Triton's response bytes untouched. Benchmarks
 compare the proxy's CPU per call with this floor, measured in the same run.
 
-    python loadtest/passthrough_floor.py --listen 127.0.0.1:50071 --triton-url 127.0.0.1:8001
+    python -m detect_loadtest.passthrough_floor --listen 127.0.0.1:50071 --triton-url 127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import struct
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # generated stubs
-from detect.v1 import detect_pb2  # noqa: E402
+from detect.v1 import detect_pb2
 
 OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 

@@ -4,7 +4,7 @@ Every figure is a ratio of scenarios measured one after another in the same run,
 machine, against the same backend process: absolute numbers from a shared 2-core machine
 say little, their ratios say what the design costs or saves.
 
-    python loadtest/report.py loadtest/results/bench/bench.json > loadtest/RESULTS.md
+    python -m detect_loadtest.report loadtest/results/bench/bench.json > loadtest/RESULTS.md
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and established TCP connections. Writes JSON and a markdown table; "flat" means 
 third of the run is within 10% of the first third (RSS) and no higher (fds, connections).
 
     make soak            # 10 minutes
-    .venv/bin/python loadtest/soak.py --duration 60 --out build/soak-short
+    .venv/bin/python -m detect_loadtest.soak --duration 60 --out build/soak-short
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project and its test harness
 
 import grpc  # noqa: E402
 
 from detect.v1 import detect_pb2, detect_pb2_grpc  # noqa: E402
-from servers import tcp_peers  # noqa: E402
-from stack import stack  # noqa: E402
+from detect_stack.servers import tcp_peers  # noqa: E402
+from detect_stack.stack import stack  # noqa: E402
 
 
 def _rss_kib(pid: int) -> int:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections_min": min(conns), "connections_max": max(conns),
             "flat": _flat(rss, 0.10) and _flat(fds, 0.0) and _flat(conns, 0.0),
         }
-    result = {"command": " ".join(["python", "loadtest/soak.py", *sys.argv[1:]]),
+    result = {"command": " ".join(["python", "-m", "detect_loadtest.soak", *sys.argv[1:]]),
               "duration_s": duration, "clients": args.clients, "calls": calls,
               "summary": summary, "samples": samples}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``python -m localtriton --model-repository model_repository --grpc-port 8101``."""
+"""``python -m detect_localtriton --model-repository model_repository --grpc-port 8101``."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(options))
     except ModelConfigError as exc:
-        logging.getLogger("localtriton").error("cannot load model repository: %s", exc)
+        logging.getLogger(__name__).error("cannot load model repository: %s", exc)
         return 1
     except OSError as exc:
-        logging.getLogger("localtriton").error("%s", exc)
+        logging.getLogger(__name__).error("%s", exc)
         return 1
     return 0
 

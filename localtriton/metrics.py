@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from .repository import ModelRepository
 from .statistics import FAILURE_REASONS
 
-log = logging.getLogger("localtriton.metrics")
+log = logging.getLogger(__name__)
 
 # (Triton metric name, help, value from ModelStats). Durations are cumulative microseconds.
 _COUNTERS = [

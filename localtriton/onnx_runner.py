@@ -1,7 +1,7 @@
 """Runs an ONNX model in Triton's Python backend, for Triton builds without onnxruntime's.
 
 The CPU build of tritonserver this project installs (``make triton``) ships only the Python
-backend. ``localtriton.cpu_repository`` copies this file in as ``model.py`` of every model
+backend. ``detect_localtriton.cpu_repository`` copies this file in as ``model.py`` of every model
 that production serves with the onnxruntime backend, beside a link to the same
 ``model.onnx``, and keeps the model's configuration: tensors, ``max_batch_size``, dynamic
 batching, instance groups and parameters. Like Triton's onnxruntime backend, it

@@ -19,7 +19,7 @@ from .request import InferRequest
 from .scheduler import Scheduler
 from .statistics import FAILURE_BACKEND, FAILURE_CANCELED, FAILURE_OTHER, ModelStats
 
-log = logging.getLogger("localtriton.repository")
+log = logging.getLogger(__name__)
 
 
 def _shape_text(dims) -> str:

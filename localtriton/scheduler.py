@@ -26,7 +26,7 @@ from .errors import InferenceError
 from .request import InferRequest
 from .statistics import ModelStats
 
-log = logging.getLogger("localtriton.scheduler")
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)

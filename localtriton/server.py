@@ -15,7 +15,7 @@ from .options import Options
 from .repository import ModelRepository
 from .service import InferenceService
 
-log = logging.getLogger("localtriton")
+log = logging.getLogger(__name__)
 
 
 

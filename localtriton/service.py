@@ -20,7 +20,7 @@ from .repository import Model, ModelRepository
 from .request import InferRequest
 from .tensors import from_contents, from_raw, to_raw
 
-log = logging.getLogger("localtriton.service")
+log = logging.getLogger(__name__)
 
 EXTENSIONS = ["model_configuration", "schedule_policy", "statistics"]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .tensors import deserialize_bytes, serialize_bytes
 
-_log = logging.getLogger("localtriton.python_model")
+_log = logging.getLogger(__name__)
 
 _NUMPY_BY_CONFIG_TYPE: dict[str, Any] = {
     "TYPE_BOOL": np.bool_,

@@ -11,7 +11,7 @@ This launcher supplies what running it directly needs, then becomes ``tritonserv
 - ``LD_LIBRARY_PATH``: the wheel's bundled libraries and the venv's ``libpython``;
 - ``PATH`` starting with the venv: the stub takes numpy from the first ``python3``, and
   with numpy 2 Triton 2.51's Python backend returns empty outputs;
-- the model repository derived by ``localtriton.cpu_repository`` when the given one has
+- the model repository derived by ``detect_localtriton.cpu_repository`` when the given one has
   onnxruntime models (served here through the Python backend);
 - loopback addresses, no HTTP endpoint, no GPU metrics, no pinned memory pool.
 
@@ -149,7 +149,7 @@ def command(args: list[str], venv: Path, work_dir: Path) -> tuple[list[str], dic
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m localtriton.tritonserver", allow_abbrev=False,
+        prog="python -m detect_localtriton.tritonserver", allow_abbrev=False,
         description="Run the genuine tritonserver from the nvidia-pytriton wheel on CPU. "
                     "Arguments not listed here are tritonserver's own and passed through.")
     parser.add_argument("--triton-venv", type=Path,

@@ -1,4 +1,4 @@
-"""``python -m proxy`` (console script ``detect-proxy``)."""
+"""``python -m detect_proxy`` (console script ``detect-proxy``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(config))
     except OSError as exc:
-        logging.getLogger("proxy").error("%s", exc)
+        logging.getLogger(__name__).error("%s", exc)
         return 1
     return 0
 

@@ -14,7 +14,7 @@ import enum
 import logging
 import time
 
-log = logging.getLogger("proxy.breaker")
+log = logging.getLogger(__name__)
 
 
 class State(enum.IntEnum):

@@ -18,7 +18,7 @@ from .errors import ProxyError, from_upstream, is_unknown_model, upstream_code
 from .infer_request import RequestTemplate
 from .pool import TritonPool
 
-log = logging.getLogger("proxy.catalogue")
+log = logging.getLogger(__name__)
 
 # The detector contract (DESIGN.md): output name -> KServe v2 datatype.
 CONTRACT_OUTPUTS = {

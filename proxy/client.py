@@ -1,4 +1,4 @@
-"""Call Detect from the command line: ``python -m proxy.client IMAGE [--target ...]``.
+"""Call Detect from the command line: ``python -m detect_proxy.client IMAGE [--target ...]``.
 
 Prints one line per detection; exits non-zero with the gRPC status on failure.
 """

@@ -1,6 +1,6 @@
 """Every proxy setting: a command-line flag with a DETECT_PROXY_* environment twin.
 
-This module is the one place that documents them (``python -m proxy --help`` prints it).
+This module is the one place that documents them (``python -m detect_proxy --help`` prints it).
 Keepalive defaults match Triton's default server policy: pings only while calls are in
 flight and never more often than Triton's 5-minute minimum, so Triton never answers with
 GOAWAY too_many_pings. Tighter values need the matching tritonserver flags (README).

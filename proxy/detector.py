@@ -27,7 +27,7 @@ from .pool import TritonPool
 from .retry import RetryBudget, backoff_s
 from .telemetry import Telemetry
 
-log = logging.getLogger("proxy.detect")
+log = logging.getLogger(__name__)
 
 
 def _invalid(message: str) -> ProxyError:

@@ -12,7 +12,7 @@ import re
 import grpc
 from tritonclient.utils import InferenceServerException
 
-log = logging.getLogger("proxy.errors")
+log = logging.getLogger(__name__)
 
 
 class ProxyError(Exception):

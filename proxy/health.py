@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from .pool import TritonPool
 
-log = logging.getLogger("proxy.health")
+log = logging.getLogger(__name__)
 
 SERVICES = ("", "detect.v1.Detector")
 SERVING = health_pb2.HealthCheckResponse.SERVING

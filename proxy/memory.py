@@ -20,7 +20,7 @@ import ctypes.util
 import logging
 import os
 
-log = logging.getLogger("proxy.memory")
+log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 1 << 20

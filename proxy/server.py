@@ -23,7 +23,7 @@ from .health import ReadinessWatcher
 from .pool import TritonPool
 from .telemetry import Telemetry
 
-log = logging.getLogger("proxy")
+log = logging.getLogger(__name__)
 
 DETECTOR_SERVICE = detect_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
 # gRPC itself would refuse a message over its receive limit with RESOURCE_EXHAUSTED ("retry

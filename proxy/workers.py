@@ -17,12 +17,12 @@ import time
 
 from .config import ProxyConfig
 
-log = logging.getLogger("proxy.workers")
+log = logging.getLogger(__name__)
 
 
 def worker_args(config: ProxyConfig, index: int, argv: list[str]) -> list[str]:
     host, port = config.listen.rsplit(":", 1)
-    args = [sys.executable, "-m", "proxy", *argv, "--processes", "1",
+    args = [sys.executable, "-m", "detect_proxy", *argv, "--processes", "1",
             "--listen", f"{host}:{int(port) + index}"]
     if config.metrics_port:
         args += ["--metrics-port", str(config.metrics_port + index)]

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import BACKENDS, TESTDATA, proxy, triton_server
+from detect_stack.servers import BACKENDS, TESTDATA, proxy, triton_server
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from servers import ROOT
+from detect_stack.servers import ROOT
 
 SCENARIOS = ["proxy", "proxy+aggregation", "floor", "client-per-request", "proxy open-loop",
              "proxy+aggregation open-loop", "floor open-loop", "direct", "floor c=1",
@@ -15,7 +15,7 @@ SCENARIOS = ["proxy", "proxy+aggregation", "floor", "client-per-request", "proxy
 
 
 def test_bench_smoke(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "loadtest" / "bench.py"), "--smoke",
+    out = subprocess.run([sys.executable, "-m", "detect_loadtest.bench", "--smoke",
                           "--out", str(tmp_path), "--report", str(tmp_path / "RESULTS.md")],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -43,8 +43,7 @@ def test_bench_smoke(tmp_path):
 
 
 def test_report_renders_every_figure_of_a_full_run(tmp_path):
-    sys.path.insert(0, str(ROOT / "loadtest"))
-    import report
+    from detect_loadtest import report
 
     data = json.loads((ROOT / "tests" / "data" / "bench-sample.json").read_text())
     text = report.render(data)

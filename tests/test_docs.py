@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from localtriton.options import _FLAGS
-from localtriton.tritonserver import build_parser as tritonserver_parser
-from proxy.config import ProxyConfig, env_name
-from servers import ROOT
+from detect_localtriton.options import _FLAGS
+from detect_localtriton.tritonserver import build_parser as tritonserver_parser
+from detect_proxy.config import ProxyConfig, env_name
+from detect_stack.servers import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -10,8 +10,8 @@ import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 
-from makerun import make_run
-from servers import TRITON
+from detect_stack.makerun import make_run
+from detect_stack.servers import TRITON
 
 
 def test_make_run_then_ctrl_c(tmp_path, backend):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import zipfile
 
-from servers import ROOT
+from detect_stack.servers import ROOT
 
 
 def test_wheel_carries_generated_stubs(tmp_path):

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from detector_client import detections, image_input
+from detect_stack.detector_client import detections, image_input
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from PIL import Image
 
-from detector_client import detections, image_input
+from detect_stack.detector_client import detections, image_input
 
 
 def _variants(images: dict[str, bytes]) -> list[bytes]:

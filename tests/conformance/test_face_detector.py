@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-import reference_centerface as reference
-from detector_client import detections, image_input
+from detect_stack import reference_centerface as reference
+from detect_stack.detector_client import detections, image_input
 
 
 @pytest.fixture(scope="module")

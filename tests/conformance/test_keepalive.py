@@ -15,7 +15,7 @@ import h2.connection
 import h2.errors
 import h2.events
 
-from servers import triton_server
+from detect_stack.servers import triton_server
 
 
 def _ping_every_second(url: str, pings: int) -> h2.events.ConnectionTerminated | None:

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-import reference_centerface as reference
-from detector_client import detections, image_input
+from detect_stack import reference_centerface as reference
+from detect_stack.detector_client import detections, image_input
 
 WHITE = 255.0
 

@@ -14,12 +14,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import TRITON
+from detect_stack.servers import TRITON
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from detector_client import image_input
+from detect_stack.detector_client import image_input
 
 
 class SyncAdapter:
@@ -80,7 +80,7 @@ def test_model_ready(client):
 
 def onnx_platform(backend: str) -> str:
     """The CPU build of tritonserver has no onnxruntime backend: its derived repository serves
-    onnxruntime models through the Python backend (localtriton.cpu_repository)."""
+    onnxruntime models through the Python backend (detect_localtriton.cpu_repository)."""
     return "python" if backend == TRITON else "onnxruntime_onnx"
 
 

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from servers import TRITON, triton_server
+from detect_stack.servers import TRITON, triton_server
 
 MODELS = {
     "explode": ('''

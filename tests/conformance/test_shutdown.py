@@ -17,8 +17,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 
-from detector_client import image_input
-from servers import health_status, triton_server
+from detect_stack.detector_client import image_input
+from detect_stack.servers import health_status, triton_server
 
 STOPPING = "Server is stopping, scheduler for model has stopped accepting new inference requests"
 

@@ -6,9 +6,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from detector_client import image_input
-from promtext import scrape, value
-from servers import TRITON, free_port, triton_server
+from detect_stack.detector_client import image_input
+from detect_stack.promtext import scrape, value
+from detect_stack.servers import TRITON, free_port, triton_server
 
 FAILURE_REASONS = {"BACKEND", "CANCELED", "REJECTED", "OTHER"}
 MODELS = {"face_detector", "preprocess", "centerface", "postprocess", "null_detector"}

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deployfiles import DEPLOY, K8S, envoy_config  # noqa: E402
+from detect_deploy.manifests import DEPLOY, K8S, envoy_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +30,7 @@ def compose_envoy() -> dict:
 @pytest.fixture(scope="session")
 def dev_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A TLS directory as deploy/configs.py tls-dir --dev prepares it."""
-    import configs
+    from detect_deploy import configs
 
     out = tmp_path_factory.mktemp("tls")
     configs.tls_dir(out, None, None, ["localhost", "127.0.0.1"], group_id=-1)

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from deployfiles import DEPLOY
+from detect_deploy.manifests import DEPLOY
 
-import capacity
+from detect_deploy import capacity
 
 FIXTURE = Path(__file__).resolve().parent / "bench_fixture.json"
 REAL_BENCH = DEPLOY.parent / "loadtest" / "results" / "bench" / "bench.json"
@@ -90,7 +90,7 @@ def test_unusable_files_fail_clearly(tmp_path):
 
 def test_command_line_writes_the_report_with_inputs_formula_and_assumption(tmp_path):
     out = tmp_path / "CAPACITY.md"
-    result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), "--bench", str(FIXTURE),
+    result = subprocess.run([sys.executable, "-m", "detect_deploy.capacity", "--bench", str(FIXTURE),
                              "--out", str(out), "--gpu-rps-per-replica", "800"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -107,7 +107,7 @@ def test_command_line_writes_the_report_with_inputs_formula_and_assumption(tmp_p
 def test_command_line_reports_a_missing_scenario_and_fails(tmp_path):
     data = fixture_data()
     data["results"] = [r for r in data["results"] if r["scenario"] != "envoy+proxy"]
-    result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), "--bench",
+    result = subprocess.run([sys.executable, "-m", "detect_deploy.capacity", "--bench",
                              str(write(tmp_path, data)), "--out", str(tmp_path / "c.md")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
@@ -119,14 +119,14 @@ def test_command_line_reports_a_missing_scenario_and_fails(tmp_path):
 def test_committed_report_is_what_the_model_gives_for_the_committed_bench(tmp_path):
     committed = (DEPLOY / "CAPACITY.md").read_text()
     command = committed.split("```sh\n", 1)[1].split("\n```", 1)[0].split()
-    assert command[:2] == [".venv/bin/python", "deploy/capacity.py"]
+    assert command[:3] == [".venv/bin/python", "-m", "detect_deploy.capacity"]
     out = tmp_path / "CAPACITY.md"
-    args = command[2:]
+    args = command[1:]
     args[args.index("--out") + 1] = str(out)
     bench = DEPLOY.parent / args[args.index("--bench") + 1]
     if not bench.exists():
         pytest.skip(f"{bench} (the report's input) is not in this checkout")
-    result = subprocess.run([sys.executable, str(DEPLOY / "capacity.py"), *args],
+    result = subprocess.run([sys.executable, *args],
                             capture_output=True, text=True, timeout=60, cwd=DEPLOY.parent)
     assert result.returncode == 0, result.stderr
     assert out.read_text().split("## Target", 1)[1] == committed.split("## Target", 1)[1]

@@ -18,7 +18,7 @@ from importlib import resources
 import jsonschema
 import pytest
 import yaml
-from deployfiles import DEPLOY
+from detect_deploy.manifests import DEPLOY
 
 
 def compose_schema() -> dict:

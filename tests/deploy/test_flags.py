@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from deployfiles import (DEPLOY, admin_port, argv, cluster, cluster_ports, container, find,
+from detect_deploy.manifests import (DEPLOY, admin_port, argv, cluster, cluster_ports, container, find,
                          flag, listener_port, port_of)
 
-import capacity
-import configs
-import podctl
-from localtriton import options as localtriton_options
-from proxy import config as proxy_config
+from detect_deploy import capacity
+from detect_deploy import configs
+from detect_deploy import podctl
+from detect_localtriton import options as localtriton_options
+from detect_proxy import config as proxy_config
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 

@@ -11,10 +11,10 @@ import json
 import re
 import shlex
 
-from deployfiles import DEPLOY, argv, container, find
+from detect_deploy.manifests import DEPLOY, argv, container, find
 
-import lock
-import podctl
+from detect_deploy import lock
+from detect_deploy import podctl
 
 ROOT = DEPLOY.parent
 
@@ -109,8 +109,11 @@ def test_copy_sources_exist_and_pass_the_dockerignore():
             continue
         sources = [a for a in shlex.split(rest) if not a.startswith("--")][:-1]
         for source in sources:
-            assert (ROOT / source).exists(), source
-            assert included(source.rstrip("/")), f"{source} is excluded from the build context"
+            matches = sorted(ROOT.glob(source.rstrip("/")))
+            assert matches, source
+            for match in matches:
+                path = match.relative_to(ROOT).as_posix()
+                assert included(path), f"{path} is excluded from the build context"
 
 
 def test_healthchecks_and_probes_use_podctl_where_the_image_puts_it():

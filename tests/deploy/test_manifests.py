@@ -16,9 +16,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from deployfiles import DEPLOY, K8S, argv, container, find, k8s_documents
+from detect_deploy.manifests import DEPLOY, K8S, argv, container, find, k8s_documents
 
-import configs
+from detect_deploy import configs
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 OLDEST = "1.30.0"
@@ -84,7 +84,7 @@ def test_kustomization_lists_every_manifest_and_its_generated_files_exist():
 
 
 def test_generated_configs_match_what_the_renderers_produce_now():
-    assert configs.stale() == [], "run .venv/bin/python deploy/configs.py\n" + "\n".join(configs.stale())
+    assert configs.stale() == [], "run .venv/bin/python -m detect_deploy.configs\n" + "\n".join(configs.stale())
 
 
 @pytest.mark.parametrize("name", ["k8s/envoy/envoy.json", "compose/envoy.json"])

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from deployfiles import DEPLOY, argv, container, find, flag
+from detect_deploy.manifests import DEPLOY, argv, container, find, flag
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import configs
-import render
+from detect_deploy import configs
+from detect_envoy import render
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import TESTDATA, free_port, localtriton, proxy, running
+from detect_stack.servers import TESTDATA, free_port, localtriton, proxy, running
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 PODCTL = [sys.executable, str(DEPLOY / "podctl.py")]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stack import stack
+from detect_stack.stack import stack
 
 
 @pytest.fixture(scope="module")

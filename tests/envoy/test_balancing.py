@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from servers import health_status
-from stack import host_counter, stack
+from detect_stack.servers import health_status
+from detect_stack.stack import host_counter, stack
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -121,7 +121,7 @@ def test_operator_drain_and_resume_through_health(tmp_path, images):
 
 
 def _health_flags(admin_port: int, host: str) -> str:
-    from stack import admin_get
+    from detect_stack.stack import admin_get
 
     for line in admin_get(admin_port, "/clusters").splitlines():
         if line.startswith(f"detect_proxy::{host}::health_flags::"):

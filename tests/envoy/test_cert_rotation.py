@@ -10,11 +10,10 @@ import time
 from cryptography import x509
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import ROOT
-from stack import stack
+from detect_stack.servers import ROOT
+from detect_stack.stack import stack
 
-sys.path.insert(0, str(ROOT / "envoy"))
-import certs as pki  # noqa: E402
+from detect_envoy import certs as pki
 
 
 def served_serial(front: str, ca_file: str) -> int:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from stack import envoy
+from detect_stack.stack import envoy
 
 
 @pytest.fixture(scope="module")

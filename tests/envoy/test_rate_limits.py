@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from stack import admin_get, admin_post, envoy
+from detect_stack.stack import admin_get, admin_post, envoy
 
 # Invalid (empty) images are answered fast by the proxy with INVALID_ARGUMENT, so a burst
 # finishes well inside one refill interval and the limiter's answer is unambiguous.

@@ -24,7 +24,7 @@ def test_plaintext_is_refused(edge, images):
 
 
 def test_request_size_limit_at_the_front_door(edge):
-    from stack import host_counter
+    from detect_stack.stack import host_counter
 
     before = sum(host_counter(edge.envoy.admin_port, "detect_proxy").values())
     with edge.envoy.channel() as channel:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from localtriton import model_config
-from localtriton.errors import ModelConfigError
-from servers import MODEL_REPOSITORY
+from detect_localtriton import model_config
+from detect_localtriton.errors import ModelConfigError
+from detect_stack.servers import MODEL_REPOSITORY
 
 CONFIGS = sorted(MODEL_REPOSITORY.glob("*/config.pbtxt"))
 
@@ -95,7 +95,7 @@ def test_server_refuses_to_start_on_a_broken_repository(tmp_path: Path):
     shutil.copy(MODEL_REPOSITORY / "centerface/1/model.onnx", repo / "centerface/1/model.onnx")
     config = repo / "postprocess" / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "num_detections"', 'name: "count"'))
-    proc = subprocess.run([sys.executable, "-m", "localtriton", "--model-repository", str(repo),
+    proc = subprocess.run([sys.executable, "-m", "detect_localtriton", "--model-repository", str(repo),
                            "--grpc-port", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "unknown output 'num_detections'" in proc.stderr

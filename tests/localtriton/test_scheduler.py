@@ -9,11 +9,11 @@ import time
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from localtriton.backends.base import Backend, Execution
-from localtriton.model_config import parse
-from localtriton.request import InferRequest
-from localtriton.scheduler import Scheduler
-from localtriton.statistics import ModelStats
+from detect_localtriton.backends.base import Backend, Execution
+from detect_localtriton.model_config import parse
+from detect_localtriton.request import InferRequest
+from detect_localtriton.scheduler import Scheduler
+from detect_localtriton.statistics import ModelStats
 
 
 class RecordingBackend(Backend):

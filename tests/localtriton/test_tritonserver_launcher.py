@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from localtriton import cpu_repository, tritonserver
-from servers import MODEL_REPOSITORY, ROOT
+from detect_localtriton import cpu_repository, tritonserver
+from detect_stack.servers import MODEL_REPOSITORY, ROOT
 
 TRITON_VENV = ROOT / ".venv-triton"
 

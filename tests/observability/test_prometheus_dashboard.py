@@ -14,11 +14,10 @@ import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import ROOT, free_port, running
-from stack import admin_post, stack
+from detect_stack.servers import ROOT, free_port, running
+from detect_stack.stack import admin_post, stack
 
-sys.path.insert(0, str(ROOT / "observability"))
-import prometheus as prom_config  # noqa: E402
+from detect_observability import prometheus as prom_config
 
 DASHBOARD = json.loads((ROOT / "observability" / "dashboard.json").read_text())
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.admission import Admission, AtCapacity
+from detect_proxy.admission import Admission, AtCapacity
 
 
 class Clock:

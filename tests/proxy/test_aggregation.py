@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from promtext import scrape, value
-from servers import free_port, proxy
+from detect_stack.promtext import scrape, value
+from detect_stack.servers import free_port, proxy
 
 
 def _variants(images: dict[str, bytes]) -> list[bytes]:

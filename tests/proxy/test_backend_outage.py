@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, health_status, proxy, triton_server, wait_for
+from detect_stack.servers import free_port, health_status, proxy, triton_server, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.batcher import MicroBatcher
-from proxy.catalogue import DetectorModel
-from proxy.infer_request import RequestTemplate
+from detect_proxy.batcher import MicroBatcher
+from detect_proxy.catalogue import DetectorModel
+from detect_proxy.infer_request import RequestTemplate
 
 MODEL = DetectorModel("det", "IMAGE", True, 8, (), RequestTemplate("det", "IMAGE", True, ()))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.breaker import CircuitBreaker, State
+from detect_proxy.breaker import CircuitBreaker, State
 
 
 class Clock:

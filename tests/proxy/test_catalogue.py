@@ -10,8 +10,8 @@ import pytest
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from proxy.catalogue import Catalogue
-from proxy.errors import ProxyError
+from detect_proxy.catalogue import Catalogue
+from detect_proxy.errors import ProxyError
 
 
 class WithoutModelConfig:

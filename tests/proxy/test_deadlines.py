@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from detect.v1 import detect_pb2
-from servers import wait_for
+from detect_stack.servers import wait_for
 
 
 @pytest.fixture(scope="module")

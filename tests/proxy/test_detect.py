@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from detect.v1 import detect_pb2
-from detector_client import detections, image_input
+from detect_stack.detector_client import detections, image_input
 
 
 def _boxes(response: detect_pb2.DetectResponse) -> np.ndarray:

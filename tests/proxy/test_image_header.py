@@ -9,7 +9,7 @@ from io import BytesIO
 import pytest
 from PIL import Image
 
-from proxy.image_header import ImageLimits, ImageRejected, inspect
+from detect_proxy.image_header import ImageLimits, ImageRejected, inspect
 
 LIMITS = ImageLimits()
 

@@ -8,8 +8,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc._utils import _get_inference_request
 
-from proxy.catalogue import CONTRACT_OUTPUTS
-from proxy.infer_request import RequestTemplate
+from detect_proxy.catalogue import CONTRACT_OUTPUTS
+from detect_proxy.infer_request import RequestTemplate
 
 OUTPUTS = tuple(CONTRACT_OUTPUTS)
 

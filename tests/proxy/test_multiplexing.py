@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import proxy, tcp_peers
+from detect_stack.servers import proxy, tcp_peers
 
 POOL_SIZE = 2
 

@@ -11,7 +11,7 @@ import time
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, running, serving
+from detect_stack.servers import free_port, running, serving
 
 
 def _consecutive_free_ports(count: int) -> int:
@@ -36,7 +36,7 @@ def _consecutive_free_ports(count: int) -> int:
 def test_two_processes_serve_and_stop_together(tmp_path, triton_url, images):
     base = _consecutive_free_ports(2)
     targets = [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
-    args = [sys.executable, "-m", "proxy", "--processes", "2", "--listen", targets[0],
+    args = [sys.executable, "-m", "detect_proxy", "--processes", "2", "--listen", targets[0],
             "--triton-url", triton_url, "--metrics-port", "0", "--drain-delay-s", "0"]
     with running(args, tmp_path / "proxies.log", lambda: all(serving(t) for t in targets)) as proc:
         children = subprocess.run(["pgrep", "-P", str(proc.popen.pid)], capture_output=True,

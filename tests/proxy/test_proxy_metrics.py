@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from promtext import scrape, value
-from servers import free_port, proxy
+from detect_stack.promtext import scrape, value
+from detect_stack.servers import free_port, proxy
 
 def test_counts_by_code(tmp_path, triton_url, images):
     metrics_port = free_port()

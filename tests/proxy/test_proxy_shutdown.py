@@ -15,7 +15,7 @@ from PIL import Image
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from servers import health_status, proxy
+from detect_stack.servers import health_status, proxy
 
 
 def test_sigterm_during_32_in_flight_calls(tmp_path, triton_url, images):

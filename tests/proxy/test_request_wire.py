@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from detect.v1 import detect_pb2
-from proxy import request_wire
+from detect_proxy import request_wire
 
 requests = st.builds(
     detect_pb2.DetectRequest,

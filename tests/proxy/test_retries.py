@@ -12,13 +12,13 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.aio import InferResult
 from tritonclient.utils import InferenceServerException
 
-from proxy.admission import Admission
-from proxy.breaker import CircuitBreaker, State
-from proxy.catalogue import from_config
-from proxy.config import ProxyConfig
-from proxy.detector import DetectorService
-from proxy.errors import ProxyError
-from proxy.telemetry import Telemetry
+from detect_proxy.admission import Admission
+from detect_proxy.breaker import CircuitBreaker, State
+from detect_proxy.catalogue import from_config
+from detect_proxy.config import ProxyConfig
+from detect_proxy.detector import DetectorService
+from detect_proxy.errors import ProxyError
+from detect_proxy.telemetry import Telemetry
 from tritonclient.grpc import model_config_pb2 as mc
 from google.protobuf import text_format
 

@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from proxy.config import ProxyConfig
-from proxy.server import DetectProxy
-from servers import free_port, localtriton, proxy
+from detect_proxy.config import ProxyConfig
+from detect_proxy.server import DetectProxy
+from detect_stack.servers import free_port, localtriton, proxy
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"

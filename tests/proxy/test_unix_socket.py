@@ -7,12 +7,12 @@ import sys
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import running, serving
+from detect_stack.servers import running, serving
 
 
 def test_detect_over_a_unix_socket(tmp_path, triton_url, images):
     target = f"unix:{tmp_path}/proxy.sock"
-    args = [sys.executable, "-m", "proxy", "--listen", target, "--triton-url", triton_url,
+    args = [sys.executable, "-m", "detect_proxy", "--listen", target, "--triton-url", triton_url,
             "--metrics-port", "0"]
     with running(args, tmp_path / "proxy.log", lambda: serving(target)):
         with grpc.insecure_channel(target) as channel:

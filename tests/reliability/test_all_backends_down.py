@@ -8,8 +8,8 @@ import time
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import free_port, localtriton, proxy, triton_server, wait_for
-from stack import TRITON_KEEPALIVE_FLAGS, stack
+from detect_stack.servers import free_port, localtriton, proxy, triton_server, wait_for
+from detect_stack.stack import TRITON_KEEPALIVE_FLAGS, stack
 
 
 def _timed(stub, request) -> tuple[float, grpc.StatusCode, str]:

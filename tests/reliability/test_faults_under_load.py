@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from promtext import scrape, value
-from servers import free_port, proxy
-from stack import stack
+from detect_stack.promtext import scrape, value
+from detect_stack.servers import free_port, proxy
+from detect_stack.stack import stack
 
 # A hung replica leaves Envoy's keepalive PING unanswered (every 5 s, 3 s to answer, up to
 # 15% jitter): its connection is closed and the calls it held are retried elsewhere.

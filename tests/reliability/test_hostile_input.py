@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from servers import TESTDATA, proxy
+from detect_stack.servers import TESTDATA, proxy
 
 EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 REAL = [(TESTDATA / n).read_bytes() for n in ("coffee.png", "rocket.jpg")]

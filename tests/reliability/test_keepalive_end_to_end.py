@@ -7,8 +7,8 @@ import time
 
 import tritonclient.grpc as grpcclient
 
-from detector_client import image_input
-from stack import admin_get, stack
+from detect_stack.detector_client import image_input
+from detect_stack.stack import admin_get, stack
 
 FAST_PINGS = dict(triton_keepalive_interval_s=1, triton_keepalive_timeout_s=1)
 

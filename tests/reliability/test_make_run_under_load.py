@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from makerun import make_run
-from promtext import scrape, value
-from stack import admin_get
+from detect_stack.makerun import make_run
+from detect_stack.promtext import scrape, value
+from detect_stack.stack import admin_get
 
 ALLOWED = {"OK", "RESOURCE_EXHAUSTED"}
 

@@ -106,11 +106,11 @@ def localtriton_ready(url: str) -> bool:
 
 
 # The Triton servers every protocol-facing test runs against: our CPU server, and the genuine
-# tritonserver (CPU build, `make triton`) started by `python -m localtriton.tritonserver`.
+# tritonserver (CPU build, `make triton`) started by `python -m detect_localtriton.tritonserver`.
 LOCALTRITON = "localtriton"
 TRITON = "tritonserver"
 BACKENDS = (LOCALTRITON, TRITON)
-_MODULES = {LOCALTRITON: "localtriton", TRITON: "localtriton.tritonserver"}
+_MODULES = {LOCALTRITON: "detect_localtriton", TRITON: "detect_localtriton.tritonserver"}
 
 
 @contextlib.contextmanager
@@ -128,7 +128,7 @@ def triton_server(kind: str, tmp_path: Path, *flags: str, port: int | None = Non
 
 def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
                 repository: Path = MODEL_REPOSITORY):
-    """A real ``python -m localtriton``."""
+    """A real ``python -m detect_localtriton``."""
     return triton_server(LOCALTRITON, tmp_path, *flags, port=port, repository=repository)
 
 
@@ -150,10 +150,10 @@ def serving(target: str) -> bool:
 @contextlib.contextmanager
 def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
           metrics_port: int | None = None, wait_serving: bool = True) -> Iterator[tuple[str, Process]]:
-    """A real ``python -m proxy`` in front of ``triton_url``; ready once health says SERVING."""
+    """A real ``python -m detect_proxy`` in front of ``triton_url``; ready once health says SERVING."""
     port = port or free_port()
     target = f"127.0.0.1:{port}"
-    args = [sys.executable, "-m", "proxy", "--listen", target, "--triton-url", triton_url,
+    args = [sys.executable, "-m", "detect_proxy", "--listen", target, "--triton-url", triton_url,
             "--metrics-port", str(metrics_port or 0), *flags]
     ready = (lambda: serving(target)) if wait_serving else (lambda: health_status(target) >= 0)
     with running(args, tmp_path / f"proxy-{port}.log", ready) as proc:

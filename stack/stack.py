@@ -13,11 +13,10 @@ from pathlib import Path
 
 import grpc
 
-from servers import LOCALTRITON, ROOT, Process, free_port, proxy, running, triton_server
+from detect_stack.servers import LOCALTRITON, ROOT, Process, free_port, proxy, running, triton_server
 
-sys.path.insert(0, str(ROOT / "envoy"))
-import certs as pki  # noqa: E402
-import render  # noqa: E402
+from detect_envoy import certs as pki
+from detect_envoy import render
 
 # Keepalive pairing shipped for production (README): Triton accepts pings on idle
 # connections no more often than Envoy's connection_keepalive sends them.

@@ -17,7 +17,7 @@ import onnxruntime
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from PIL import Image
 
-from servers import DOWNLOADS
+from detect_stack.servers import DOWNLOADS
 
 
 @cache

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from servers import ROOT, TRITON, free_port
+from detect_stack.servers import ROOT, TRITON, free_port
 
 PORTS = ("FRONT_PORT", "ADMIN_PORT", "EGRESS_PORT", "TRITON1_PORT", "TRITON2_PORT",
          "PROXY1_PORT", "PROXY2_PORT", "PROXY1_METRICS_PORT", "PROXY2_METRICS_PORT",

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from servers import ROOT
+from detect_stack.servers import ROOT
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-sys.path.insert(0, str(DEPLOY))
 
 
 def k8s_documents() -> list[tuple[str, dict]]:

@@ -5,7 +5,7 @@ most samples, on their own and with their callees. py-spy attaches with ptrace: 
 or with CAP_SYS_PTRACE.
 
     make profile                              # null_detector, aggregation off
-    .venv/bin/python loadtest/profile.py --proxy-flag=--batch-max-wait-us=2000
+    .venv/bin/python -m detect_loadtest.cpuprofile --proxy-flag=--batch-max-wait-us=2000
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "loadtest")]
 
-import bench  # noqa: E402
-import h2load  # noqa: E402
-from servers import localtriton  # noqa: E402
+from detect_loadtest import bench
+from detect_loadtest import h2load
+from detect_stack.servers import localtriton  # noqa: E402
 
 
 def summarize(folded: Path, top: int = 25) -> str:
