@@ -39,7 +39,7 @@ from detect.v1 import detect_pb2  # noqa: E402
 from detect_loadtest.h2load import Load, grpc_frame  # noqa: E402
 from detect_loadtest.procstat import cpu_seconds
 from detect_stack.promtext import scrape, value  # noqa: E402
-from detect_proxy.catalogue import from_config  # noqa: E402
+from detect_proxy.models import from_config
 from detect_loadtest.sampler import Sampler, expected_detections
 from detect_stack.servers import BACKENDS, free_port, localtriton, proxy, running, triton_server  # noqa: E402
 from detect_stack.stack import envoy, make_certs, stack  # noqa: E402

@@ -7,31 +7,42 @@ at once (at low load aggregation costs nothing). Otherwise calls wait at most
 is sent as soon as it is full (the model's max_batch_size, or a smaller configured cap) or
 as soon as the model has nothing in flight any more. Each caller gets its own row of the
 answer, or its own error: when Triton rejects a batch as invalid, its rows are sent again
-one by one, so that one bad image does not fail the others.
+one by one, so that one bad image does not fail the others. With aggregation off, or for a
+model that does not batch, every call goes at once on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
+from tritonclient.grpc import InferResult
 
-from .catalogue import DetectorModel
 from .errors import ProxyError
+from .models import DetectorModel, Image
 
 # A call waits for company at most this share of the time its deadline leaves it; the rest
 # belongs to the upstream call.
 MAX_WAIT_SHARE = 0.1
 
 
+# (the upstream answer, the caller's row in it)
+Answer = tuple[InferResult, int]
+
+
+class Upstream(Protocol):
+    async def infer(self, model: DetectorModel, images: list[Image], timeout_s: float,
+                    request_ids: list[str]) -> InferResult: ...
+
+
 @dataclass(eq=False)
 class _Pending:
-    image: bytes | memoryview
+    image: Image
     deadline: float
     request_id: str
-    future: asyncio.Future
+    future: asyncio.Future[Answer]
     flush_by: float = 0.0  # loop time by which this call's batch must be sent
 
 
@@ -43,39 +54,34 @@ class _Queue:
     in_flight: int = 0  # batches of this model sent and not answered yet
 
 
-# send(model, images, timeout_s, request_ids) -> the InferResult of one upstream call.
-Send = Callable[[DetectorModel, list[bytes | memoryview], float, list[str]], Awaitable[object]]
-
-
 class MicroBatcher:
-    def __init__(self, max_wait_s: float, max_size: int, send: Send,
-                 on_batch: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, upstream: Upstream, max_wait_s: float, max_size: int) -> None:
+        self._upstream = upstream
         self._max_wait = max_wait_s
         self._max_size = max_size
-        self._send = send
-        self._on_batch = on_batch
         self._queues: dict[str, _Queue] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _limit(self, model: DetectorModel) -> int:
         cap = model.max_batch_size or 1
         return min(cap, self._max_size) if self._max_size else cap
 
-    async def submit(self, model: DetectorModel, image: bytes | memoryview, deadline: float,
-                     request_id: str):
+    async def submit(self, model: DetectorModel, image: Image, deadline: float,
+                     request_id: str) -> Answer:
         """(result, row) for this caller's image, or the upstream error for it.
         ``deadline`` is in the event loop's clock (``loop.time()``)."""
         loop = asyncio.get_running_loop()
-        queue = self._queues.setdefault(model.name, _Queue(model))
         now = loop.time()
+        if self._max_wait <= 0 or model.max_batch_size <= 1:
+            return await self._upstream.infer(model, [image], deadline - now, [request_id]), 0
+        queue = self._queues.setdefault(model.name, _Queue(model))
         if queue.in_flight == 0 and not queue.pending:
             # Nothing to wait for: the call goes now, from the caller's own task (no future,
             # no extra task), so that aggregation costs nothing at low load.
             queue.in_flight += 1
             try:
-                if self._on_batch:
-                    self._on_batch(model.name, 1)
-                return await self._send(model, [image], deadline - now, [request_id]), 0
+                return await self._upstream.infer(model, [image], deadline - now,
+                                                  [request_id]), 0
             finally:
                 self._answered(queue)
         pending = _Pending(image, deadline, request_id, loop.create_future(),
@@ -112,7 +118,7 @@ class MicroBatcher:
             self._tasks.add(task)
             task.add_done_callback(lambda t: self._sent(queue, t))
 
-    def _sent(self, queue: _Queue, task: asyncio.Task) -> None:
+    def _sent(self, queue: _Queue, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._answered(queue)
 
@@ -123,12 +129,10 @@ class MicroBatcher:
             self._flush(queue)
 
     async def _run(self, model: DetectorModel, batch: list[_Pending]) -> None:
-        if self._on_batch:
-            self._on_batch(model.name, len(batch))
         timeout = max(p.deadline for p in batch) - asyncio.get_running_loop().time()
         try:
-            result = await self._send(model, [p.image for p in batch], timeout,
-                                      [p.request_id for p in batch])
+            result = await self._upstream.infer(model, [p.image for p in batch], timeout,
+                                                [p.request_id for p in batch])
         except ProxyError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT and len(batch) > 1:
                 await asyncio.gather(*(self._run(model, [p]) for p in batch))

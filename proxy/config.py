@@ -10,90 +10,97 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from . import contract
 from .image_header import ImageLimits
+
+
+def setting(default: Any, help: str) -> Any:
+    """A setting's default and its documentation, kept together (``--help`` shows both)."""
+    return field(default=default, metadata={"help": help})
+
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    listen: str = "127.0.0.1:50051"
-    processes: int = 1
-    triton_url: str = "127.0.0.1:8001"
-    pool_size: int = 2
-    default_model: str = "face_detector"
-    max_image_bytes: int = 8 * 1024 * 1024
-    max_image_width: int = 4096
-    max_image_height: int = 4096
-    max_in_flight: int = 256
-    max_upstream_calls: int = 8
-    max_queue_wait_ms: int = 20_000
-    upstream_timeout_ms: int = 30_000
-    batch_max_wait_us: int = 0
-    batch_max_size: int = 0
-    retry_max_attempts: int = 2
-    retry_backoff_base_ms: int = 25
-    retry_backoff_max_ms: int = 250
-    retry_budget_ratio: float = 0.2
-    breaker_failure_threshold: int = 5
-    breaker_open_ms: int = 1_000
-    keepalive_time_ms: int = 300_000
-    keepalive_timeout_ms: int = 20_000
-    keepalive_permit_without_calls: bool = False
-    http2_max_pings_without_data: int = 2
-    max_reconnect_backoff_ms: int = 1_000
-    health_interval_ms: int = 1_000
-    health_failure_threshold: int = 2
-    drain_delay_s: float = 2.0
-    shutdown_grace_s: float = 10.0
-    metrics_port: int = 9464
-    trace_exporter: str = "none"
-    log_level: str = "info"
+    listen: str = setting(
+        "127.0.0.1:50051",
+        "address to serve on: host:port (loopback by default) or unix:/path/to.sock")
+    processes: int = setting(
+        1, "proxy processes to run; process i listens on the --listen port + i (and metrics "
+           "port + i)")
+    triton_url: str = setting(
+        "127.0.0.1:8001", "Triton (or Envoy's Triton egress) gRPC address, host:port")
+    pool_size: int = setting(
+        2, "persistent HTTP/2 connections to Triton shared by all callers")
+    default_model: str = setting(
+        "face_detector", "model used when a request names none")
+    max_image_bytes: int = setting(
+        contract.MAX_IMAGE_BYTES, "largest encoded image accepted, in bytes")
+    max_image_width: int = setting(
+        contract.MAX_IMAGE_WIDTH, "widest image accepted, in pixels (read from the header)")
+    max_image_height: int = setting(
+        contract.MAX_IMAGE_HEIGHT, "tallest image accepted, in pixels (read from the header)")
+    max_in_flight: int = setting(
+        256, "calls handled at once; more get RESOURCE_EXHAUSTED immediately")
+    max_upstream_calls: int = setting(
+        8, "calls sent to Triton at once; the rest wait their turn in the proxy, where their"
+           " deadline is checked against the expected wait")
+    max_queue_wait_ms: int = setting(
+        20_000, "longest expected wait a call is queued for; a call whose expected wait exceeds "
+                "this or its own deadline gets RESOURCE_EXHAUSTED at once")
+    upstream_timeout_ms: int = setting(
+        30_000, "timeout of the Triton call when the caller sets no deadline")
+    batch_max_wait_us: int = setting(
+        0, "aggregate concurrent calls for a model into one ModelInfer, waiting at most this"
+           " long for company (0: off)")
+    batch_max_size: int = setting(
+        0, "cap on images per aggregated ModelInfer (0: the model's max_batch_size)")
+    retry_max_attempts: int = setting(
+        2, "retries of a Triton call that got no answer (UNAVAILABLE); 0 disables")
+    retry_backoff_base_ms: int = setting(
+        25, "first retry waits up to this long (full jitter, doubling)")
+    retry_backoff_max_ms: int = setting(
+        250, "upper bound of a retry's wait")
+    retry_budget_ratio: float = setting(
+        0.2, "retries may add at most this fraction of the call rate")
+    breaker_failure_threshold: int = setting(
+        5, "consecutive UNAVAILABLE answers that open the circuit breaker")
+    breaker_open_ms: int = setting(
+        1_000, "how long an open breaker fails calls at once before probing Triton")
+    keepalive_time_ms: int = setting(
+        300_000, "ms between keepalive pings to Triton (Triton's minimum: 300000)")
+    keepalive_timeout_ms: int = setting(
+        20_000, "ms to wait for a ping ack before dropping the connection")
+    keepalive_permit_without_calls: bool = setting(
+        False, "ping idle connections too (Triton refuses by default)")
+    http2_max_pings_without_data: int = setting(
+        2, "pings sent without data in between (0: unlimited)")
+    max_reconnect_backoff_ms: int = setting(
+        1_000, "upper bound of the reconnect backoff to Triton")
+    health_interval_ms: int = setting(
+        1_000, "how often Triton and the default model are checked for readiness")
+    health_failure_threshold: int = setting(
+        2, "consecutive failed checks before health says NOT_SERVING")
+    drain_delay_s: float = setting(
+        2.0, "on SIGTERM/SIGINT, seconds to keep serving while health says NOT_SERVING, so "
+             "balancers stop sending before the listener closes")
+    shutdown_grace_s: float = setting(
+        10.0, "then, seconds in-flight calls get to finish")
+    metrics_port: int = setting(
+        9464, "Prometheus metrics port on 127.0.0.1 (0 disables)")
+    trace_exporter: str = setting(
+        "none", "where spans go: none (trace context is still forwarded) or console")
+    log_level: str = setting(
+        "info", "debug, info (a JSON line per call), warning or error")
 
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_bytes, self.max_image_width, self.max_image_height)
 
 
-HELP: dict[str, str] = {
-    "listen": "address to serve on: host:port (loopback by default) or unix:/path/to.sock",
-    "processes": "proxy processes to run; process i listens on the --listen port + i "
-                 "(and metrics port + i)",
-    "triton_url": "Triton (or Envoy's Triton egress) gRPC address, host:port",
-    "pool_size": "persistent HTTP/2 connections to Triton shared by all callers",
-    "default_model": "model used when a request names none",
-    "max_image_bytes": "largest encoded image accepted, in bytes",
-    "max_image_width": "widest image accepted, in pixels (read from the header)",
-    "max_image_height": "tallest image accepted, in pixels (read from the header)",
-    "max_in_flight": "calls handled at once; more get RESOURCE_EXHAUSTED immediately",
-    "max_upstream_calls": "calls sent to Triton at once; the rest wait their turn in the "
-                          "proxy, where their deadline is checked against the expected wait",
-    "max_queue_wait_ms": "longest expected wait a call is queued for; a call whose expected "
-                         "wait exceeds this or its own deadline gets RESOURCE_EXHAUSTED at once",
-    "upstream_timeout_ms": "timeout of the Triton call when the caller sets no deadline",
-    "batch_max_wait_us": "aggregate concurrent calls for a model into one ModelInfer, "
-                         "waiting at most this long for company (0: off)",
-    "batch_max_size": "cap on images per aggregated ModelInfer (0: the model's max_batch_size)",
-    "retry_max_attempts": "retries of a Triton call that got no answer (UNAVAILABLE); 0 disables",
-    "retry_backoff_base_ms": "first retry waits up to this long (full jitter, doubling)",
-    "retry_backoff_max_ms": "upper bound of a retry's wait",
-    "retry_budget_ratio": "retries may add at most this fraction of the call rate",
-    "breaker_failure_threshold": "consecutive UNAVAILABLE answers that open the circuit breaker",
-    "breaker_open_ms": "how long an open breaker fails calls at once before probing Triton",
-    "keepalive_time_ms": "ms between keepalive pings to Triton (Triton's minimum: 300000)",
-    "keepalive_timeout_ms": "ms to wait for a ping ack before dropping the connection",
-    "keepalive_permit_without_calls": "ping idle connections too (Triton refuses by default)",
-    "http2_max_pings_without_data": "pings sent without data in between (0: unlimited)",
-    "max_reconnect_backoff_ms": "upper bound of the reconnect backoff to Triton",
-    "health_interval_ms": "how often Triton and the default model are checked for readiness",
-    "health_failure_threshold": "consecutive failed checks before health says NOT_SERVING",
-    "drain_delay_s": "on SIGTERM/SIGINT, seconds to keep serving while health says "
-                     "NOT_SERVING, so balancers stop sending before the listener closes",
-    "shutdown_grace_s": "then, seconds in-flight calls get to finish",
-    "metrics_port": "Prometheus metrics port on 127.0.0.1 (0 disables)",
-    "trace_exporter": "where spans go: none (trace context is still forwarded) or console",
-    "log_level": "debug, info (a JSON line per call), warning or error",
-}
 
 
 def env_name(field: str) -> str:
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         if env in os.environ:
             default = kind(os.environ[env])
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
-                            help=f"{HELP[f.name]} [env {env}; default: %(default)s]")
+                            help=f"{f.metadata['help']} [env {env}; default: %(default)s]")
     return parser
 
 

@@ -7,21 +7,21 @@ import asyncio
 import logging
 
 from grpc_health.v1 import health, health_pb2
-from tritonclient.utils import InferenceServerException
 
-from .pool import TritonPool
+from . import contract
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("", "detect.v1.Detector")
+SERVICES = ("", contract.SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class ReadinessWatcher:
-    def __init__(self, pool: TritonPool, servicer: health.aio.HealthServicer,
+    def __init__(self, upstream: Upstream, servicer: health.aio.HealthServicer,
                  model: str, interval_s: float, failure_threshold: int = 2) -> None:
-        self._pool = pool
+        self._upstream = upstream
         self._servicer = servicer
         self._model = model
         self._interval = interval_s
@@ -29,24 +29,10 @@ class ReadinessWatcher:
         self._failures = 0
         self.serving: bool | None = None
         self.drained = False
-        self._task: asyncio.Task | None = None
-
-    async def _check_one(self, client) -> tuple[bool, str]:
-        timeout = max(self._interval, 0.5)
-        try:
-            if not await client.is_server_ready(client_timeout=timeout):
-                return False, "Triton reports not ready"
-            if not await client.is_model_ready(self._model, client_timeout=timeout):
-                return False, f"model '{self._model}' is not ready"
-        except InferenceServerException as exc:
-            return False, f"Triton unreachable ({exc.status()})"
-        return True, "Triton and the default model are ready"
+        self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> tuple[bool, str]:
-        """Ready when any pooled connection gets a ready answer: behind Envoy's egress a
-        single check can land on one hung replica that Envoy is about to route around."""
-        answers = await asyncio.gather(*(self._check_one(c) for c in self._pool.clients))
-        return next((a for a in answers if a[0]), answers[0])
+        return await self._upstream.ready(self._model, timeout_s=max(self._interval, 0.5))
 
     async def update(self) -> None:
         ok, why = await self.check()

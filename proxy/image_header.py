@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from . import contract
+
 
 class ImageRejected(ValueError):
     """The image cannot be accepted; the message is safe to show to the caller."""
@@ -25,9 +27,9 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 8 * 1024 * 1024
-    max_width: int = 4096
-    max_height: int = 4096
+    max_bytes: int = contract.MAX_IMAGE_BYTES
+    max_width: int = contract.MAX_IMAGE_WIDTH
+    max_height: int = contract.MAX_IMAGE_HEIGHT
 
 
 # JPEG start-of-frame markers carry the frame size (C4 DHT, C8 JPG and CC DAC do not).

@@ -1,4 +1,4 @@
-"""Wiring: pool, catalogue, Detect service, health, reflection, metrics, shutdown."""
+"""Wiring: upstream, catalogue, Detect service, health, reflection, metrics, shutdown."""
 
 from __future__ import annotations
 
@@ -10,22 +10,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from detect.v1 import detect_pb2
-
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from . import contract
 from .admission import Admission
-from .breaker import CircuitBreaker
+from .batcher import MicroBatcher
 from .catalogue import Catalogue
 from .config import ProxyConfig
 from .detector import DetectorService, method_handlers
 from .health import ReadinessWatcher
-from .pool import TritonPool
+from .observed import CallObserver
 from .telemetry import Telemetry
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-DETECTOR_SERVICE = detect_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
 # gRPC itself would refuse a message over its receive limit with RESOURCE_EXHAUSTED ("retry
 # later"), which a client may retry forever. The proxy takes a message of any size and
 # refuses an image over --max-image-bytes with INVALID_ARGUMENT naming the limit. Memory
@@ -38,13 +37,18 @@ class DetectProxy:
     def __init__(self, config: ProxyConfig, span_exporter: SpanExporter | None = None) -> None:
         self.config = config
         self.telemetry = Telemetry(config.metrics_port, config.trace_exporter, span_exporter)
-        self.pool = TritonPool(config)
-        self.catalogue = Catalogue(self.pool)
-        self.breaker = CircuitBreaker(config.breaker_failure_threshold,
-                                      config.breaker_open_ms / 1000)
+        self.upstream = Upstream(config, self.telemetry)
+        self.catalogue = Catalogue(self.upstream)
         self.admission = Admission(config.max_upstream_calls, config.max_queue_wait_ms / 1000)
+        self.service = DetectorService(
+            self.catalogue, self.admission,
+            MicroBatcher(self.upstream, config.batch_max_wait_us / 1e6, config.batch_max_size),
+            config.image_limits, config.default_model, config.upstream_timeout_ms / 1000,
+            self.telemetry)
+        self.observer = CallObserver(self.telemetry, config.max_in_flight, self._describe,
+                                     self.catalogue.known)
         self.health = health.aio.HealthServicer()
-        self.watcher = ReadinessWatcher(self.pool, self.health, config.default_model,
+        self.watcher = ReadinessWatcher(self.upstream, self.health, config.default_model,
                                         config.health_interval_ms / 1000,
                                         config.health_failure_threshold)
         self.server = grpc.aio.server(options=[
@@ -56,10 +60,10 @@ class DetectProxy:
             "detect.pool.channel_state", "connectivity of each pooled Triton connection "
             "(1 for its current state)",
             lambda: [(1, {"channel": str(i), "state": state.name})
-                     for i, state in enumerate(self.pool.states())])
+                     for i, state in enumerate(self.upstream.channels.states())])
         self.telemetry.observe(
             "detect.breaker.state", "circuit breaker: 0 closed, 1 half-open, 2 open",
-            lambda: [(int(self.breaker.state), {"upstream": self.config.triton_url})])
+            lambda: [(int(self.upstream.breaker.state), {"upstream": self.config.triton_url})])
         self.telemetry.observe(
             "detect.admission.queued", "calls waiting in the proxy for an upstream slot",
             lambda: [(self.admission.queued, {})])
@@ -71,36 +75,41 @@ class DetectProxy:
             "detect.health.serving", "1 while health reports SERVING",
             lambda: [(1 if self.watcher.serving else 0, {})])
 
+    def _describe(self, parsed: object) -> tuple[str, int]:
+        """(model, image bytes) of a call, for its span, metrics and log line."""
+        if not isinstance(parsed, tuple):
+            return self.config.default_model, 0
+        request, image = parsed
+        return self.service.model_name(request), len(image)
+
     async def start(self) -> None:
-        self.server.add_generic_rpc_handlers((method_handlers(DetectorService(
-            self.config, self.pool, self.catalogue, self.telemetry, self.breaker,
-            self.admission)),))
+        self.server.add_generic_rpc_handlers((method_handlers(self.service, self.observer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [DETECTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+            [contract.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         port = self.server.add_insecure_port(self.config.listen)
         if not port:
             raise OSError(f"cannot listen on {self.config.listen}")
         self.address = self.config.listen
         if not self.config.listen.startswith("unix:"):
             self.address = f"{self.config.listen.rsplit(':', 1)[0]}:{port}"
-        self.pool.connect()
+        self.upstream.connect()
         await self.watcher.update()  # report the true state from the first Check on
         self.watcher.start()
         await self.server.start()
-        log.info("serving detect.v1.Detector on %s; Triton at %s over %d connection(s)",
-                 self.address, self.config.triton_url, len(self.pool))
+        log.info("serving %s on %s; Triton at %s over %d connection(s)", contract.SERVICE,
+                 self.address, self.config.triton_url, len(self.upstream))
 
     async def stop(self) -> None:
         """NOT_SERVING first, keep serving until balancers have noticed, then stop
-        accepting, let in-flight calls finish, and close the pool."""
+        accepting, let in-flight calls finish, and close the upstream channels."""
         await self.watcher.stop()
         await self.health.enter_graceful_shutdown()
         log.info("NOT_SERVING; draining for %.1fs before closing the listener",
                  self.config.drain_delay_s)
         await asyncio.sleep(self.config.drain_delay_s)
         await self.server.stop(self.config.shutdown_grace_s)
-        await self.pool.close()
+        await self.upstream.close()
         self.telemetry.shutdown()
         log.info("stopped")
 

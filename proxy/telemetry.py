@@ -13,9 +13,11 @@ caller's trace context is forwarded even when no exporter records spans.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
+import grpc
 from opentelemetry import metrics, propagate
+from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -24,13 +26,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (BatchSpanProcessor, ConsoleSpanExporter,
                                             SimpleSpanProcessor, SpanExporter)
 
+from . import contract
+
 log = logging.getLogger(__name__)
 
 MS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
 BYTES_BUCKETS = (1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22, 1 << 23)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
-SERVICE = "detect.v1.Detector"
 TRACE_EXPORTERS = ("none", "console")
 
 
@@ -38,7 +41,7 @@ class Telemetry:
     def __init__(self, metrics_port: int, trace_exporter: str = "none",
                  span_exporter: SpanExporter | None = None) -> None:
         resource = Resource.create({"service.name": "detect-proxy"})
-        readers = []
+        readers: list[PrometheusMetricReader] = []
         if metrics_port:
             from prometheus_client import start_http_server
 
@@ -86,17 +89,18 @@ class Telemetry:
     def observe(self, name: str, description: str,
                 read: Callable[[], Iterable[tuple[float, dict[str, str]]]]) -> None:
         """A gauge sampled at scrape time (pool channel states, health)."""
-        def callback(_options):
+        def callback(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
             return [metrics.Observation(value, attributes) for value, attributes in read()]
         self._meter.create_observable_gauge(name, callbacks=[callback], description=description)
 
-    def record_call(self, model: str, code, duration_ms: float) -> None:
+    def record_call(self, method: str, model: str, code: grpc.StatusCode,
+                    duration_ms: float) -> None:
         self.duration.record(duration_ms, {
-            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "Detect",
+            "rpc.system": "grpc", "rpc.service": contract.SERVICE, "rpc.method": method,
             "rpc.grpc.status_code": code.value[0], "status": code.name, "model": model})
 
     @staticmethod
-    def extract(metadata: dict[str, str]):
+    def extract(metadata: Mapping[str, str | bytes]) -> Context:
         return propagate.extract(metadata)
 
     @staticmethod

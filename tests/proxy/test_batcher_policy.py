@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from detect_proxy.batcher import MicroBatcher
-from detect_proxy.catalogue import DetectorModel
+from detect_proxy.models import DetectorModel
 from detect_proxy.infer_request import RequestTemplate
 
 MODEL = DetectorModel("det", "IMAGE", True, 8, (), RequestTemplate("det", "IMAGE", True, ()))
@@ -21,12 +21,13 @@ def test_a_lone_call_goes_at_once_and_later_calls_ride_together():
         sent: list[list[bytes]] = []
         release = asyncio.Event()
 
-        async def send(model, images, timeout_s, request_ids):
-            sent.append(images)
-            await release.wait()
-            return "result"
+        class Upstream:
+            async def infer(self, model, images, timeout_s, request_ids):
+                sent.append(images)
+                await release.wait()
+                return "result"
 
-        batcher = MicroBatcher(max_wait_s=60.0, max_size=0, send=send)
+        batcher = MicroBatcher(Upstream(), max_wait_s=60.0, max_size=0)
         deadline = asyncio.get_running_loop().time() + 120
         first = asyncio.create_task(batcher.submit(MODEL, b"a", deadline, ""))
         await _settle()

@@ -3,51 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import grpc
 import pytest
-import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException
 
 from detect_proxy.catalogue import Catalogue
+from detect_proxy.config import ProxyConfig
 from detect_proxy.errors import ProxyError
+from detect_proxy.telemetry import Telemetry
+from detect_proxy.upstream import Upstream
 
 
 class WithoutModelConfig:
-    """A KServe-v2 client view of localtriton whose server lacks ModelConfig."""
+    """The upstream of a KServe-v2 server that lacks ModelConfig (localtriton otherwise)."""
 
-    def __init__(self, real: aioclient.InferenceServerClient) -> None:
+    def __init__(self, real: Upstream) -> None:
         self.real = real
         self.config_calls = 0
 
-    async def get_model_config(self, *args, **kwargs):
+    async def model_config(self, name: str):
         self.config_calls += 1
-        raise InferenceServerException("Method not implemented!", status="StatusCode.UNIMPLEMENTED")
+        raise ProxyError(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
 
     def __getattr__(self, name):
         return getattr(self.real, name)
 
 
-class OnePool:
-    def __init__(self, client) -> None:
-        self.client = client
-
-    @contextlib.contextmanager
-    def lease(self):
-        yield self.client
-
-
 def _run(triton_url: str, body):
     async def go():
-        async with aioclient.InferenceServerClient(triton_url) as real:
+        real = Upstream(ProxyConfig(triton_url=triton_url, pool_size=1, metrics_port=0),
+                        Telemetry(0))
+        try:
             return await body(real)
+        finally:
+            await real.close()
     return asyncio.run(go())
 
 
 def test_config_gives_input_batching_and_labels(triton_url):
     async def body(real):
-        model = await Catalogue(OnePool(real)).get("face_detector")
+        model = await Catalogue(real).get("face_detector")
         assert (model.input_name, model.batching, model.labels) == ("IMAGE", True, ("face",))
         assert model.label(0) == "face" and model.label(5) == ""
     _run(triton_url, body)
@@ -56,7 +51,7 @@ def test_config_gives_input_batching_and_labels(triton_url):
 def test_falls_back_to_metadata_when_model_config_is_unimplemented(triton_url):
     async def body(real):
         client = WithoutModelConfig(real)
-        catalogue = Catalogue(OnePool(client))
+        catalogue = Catalogue(client)
         model = await catalogue.get("face_detector")
         assert client.config_calls == 1
         assert (model.input_name, model.batching, model.labels) == ("IMAGE", True, ())
@@ -70,7 +65,7 @@ def test_falls_back_to_metadata_when_model_config_is_unimplemented(triton_url):
 
 def test_unknown_and_non_detector_models(triton_url):
     async def body(real):
-        catalogue = Catalogue(OnePool(real))
+        catalogue = Catalogue(real)
         with pytest.raises(ProxyError) as err:
             await catalogue.get("nope")
         assert err.value.code == grpc.StatusCode.NOT_FOUND

@@ -8,7 +8,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc._utils import _get_inference_request
 
-from detect_proxy.catalogue import CONTRACT_OUTPUTS
+from detect_proxy.contract import OUTPUTS as CONTRACT_OUTPUTS
 from detect_proxy.infer_request import RequestTemplate
 
 OUTPUTS = tuple(CONTRACT_OUTPUTS)

@@ -8,19 +8,16 @@ import contextlib
 import grpc
 import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc.aio import InferResult
-from tritonclient.utils import InferenceServerException
-
-from detect_proxy.admission import Admission
-from detect_proxy.breaker import CircuitBreaker, State
-from detect_proxy.catalogue import from_config
-from detect_proxy.config import ProxyConfig
-from detect_proxy.detector import DetectorService
-from detect_proxy.errors import ProxyError
-from detect_proxy.telemetry import Telemetry
-from tritonclient.grpc import model_config_pb2 as mc
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+
+from detect_proxy.breaker import CircuitBreaker, State
+from detect_proxy.config import ProxyConfig
+from detect_proxy.errors import ProxyError
+from detect_proxy.models import from_config
+from detect_proxy.telemetry import Telemetry
+from detect_proxy.upstream import Upstream
 
 
 def _model():
@@ -35,7 +32,7 @@ def _model():
     return from_config(config)
 
 
-def _result() -> InferResult:
+def _result() -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name="det", model_version="1")
     for name, dtype, array in [("num_detections", "INT32", np.array([[1]], np.int32)),
                                ("detection_boxes", "FP32", np.ones((1, 2, 4), np.float32)),
@@ -43,52 +40,47 @@ def _result() -> InferResult:
                                ("detection_classes", "INT32", np.zeros((1, 2), np.int32))]:
         response.outputs.add(name=name, datatype=dtype, shape=array.shape)
         response.raw_output_contents.append(array.tobytes())
-    return InferResult(response)
+    return response
 
 
 class FakeClient:
-    """The pool's ModelInfer callable, failing with the given codes first."""
+    """A pooled connection's ModelInfer, failing with the given codes first."""
 
     def __init__(self, failures: list[str]) -> None:
         self.failures = list(failures)
         self.calls = 0
 
-    async def __call__(self, request: bytes, timeout_s: float, metadata=()):
+    async def __call__(self, request: bytes, timeout: float, metadata=None):
         self.calls += 1
         if self.failures:
-            raise InferenceServerException("boom", status=f"StatusCode.{self.failures.pop(0)}")
+            code = grpc.StatusCode[self.failures.pop(0)]
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "boom")
         return _result()
 
 
-class FakePool:
+class FakeConnection:
     def __init__(self, client: FakeClient) -> None:
-        self.client = client
+        self.model_infer = client
+
+
+class FakeChannels:
+    def __init__(self, client: FakeClient) -> None:
+        self.connection = FakeConnection(client)
 
     @contextlib.contextmanager
-    def lease_infer(self):
-        yield self.client
+    def lease(self):
+        yield self.connection
 
 
-class FakeCatalogue:
-    def forget(self, name: str) -> None:
-        pass
-
-    async def get(self, name: str):
-        raise ProxyError(grpc.StatusCode.NOT_FOUND, f"model '{name}' is not served")
-
-
-def _service(client: FakeClient, **overrides) -> tuple[DetectorService, CircuitBreaker]:
+def _service(client: FakeClient, **overrides) -> tuple[Upstream, CircuitBreaker]:
     settings = {"metrics_port": 0, "retry_backoff_base_ms": 1, "retry_backoff_max_ms": 2,
                 **overrides}
-    config = ProxyConfig(**settings)
-    breaker = CircuitBreaker(config.breaker_failure_threshold, config.breaker_open_ms / 1000)
-    service = DetectorService(config, FakePool(client), FakeCatalogue(), Telemetry(0), breaker,
-                              Admission(config.max_upstream_calls, 1.0))
-    return service, breaker
+    upstream = Upstream(ProxyConfig(**settings), Telemetry(0), FakeChannels(client))
+    return upstream, upstream.breaker
 
 
-def _infer(service: DetectorService, timeout_s: float = 5.0):
-    return asyncio.run(service._infer(_model(), [b"img"], timeout_s, ["rid"]))
+def _infer(service: Upstream, timeout_s: float = 5.0):
+    return asyncio.run(service.infer(_model(), [b"img"], timeout_s, ["rid"]))
 
 
 def test_unavailable_is_retried_then_succeeds():
@@ -131,8 +123,8 @@ def test_no_retry_past_the_deadline():
 def test_budget_caps_retries_across_calls():
     client = FakeClient(["UNAVAILABLE"] * 1000)
     service, _ = _service(client, retry_max_attempts=5, breaker_failure_threshold=10_000)
-    service._budget._tokens = 3  # what is left of the budget
-    service._budget.min_per_s = 0
+    service.budget._tokens = 3  # what is left of the budget
+    service.budget.min_per_s = 0
     with pytest.raises(ProxyError):
         _infer(service)
     assert client.calls <= 1 + 3 + 1  # first try, the budgeted retries (plus call deposit)

@@ -1,0 +1,109 @@
+"""Per-call observability, kept out of the handlers: every RPC runs inside ``observe``.
+
+For each call: a SERVER span continuing the caller's trace, the in-flight gauge and its
+limit, the duration metric labelled with model and status, and one access-log line. The
+handler raises ``ProxyError`` for any outcome other than OK; here it becomes the call's
+status, so the status a caller gets is the status that is logged and counted. A cancelled
+call is told apart from one whose deadline passed; anything unexpected is INTERNAL with a
+plain message (the traceback goes to the log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from opentelemetry import trace
+
+from . import contract
+from .errors import ProxyError
+from .telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Request, grpc.aio.ServicerContext], Awaitable[Response]]
+
+# gRPC cancels the handler when the caller's deadline passes, as when the caller cancels;
+# what is left of the deadline tells them apart (timers fire a little early or late).
+DEADLINE_SLACK_S = 0.005
+
+
+def _cancellation(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
+    return grpc.StatusCode.CANCELLED, "cancelled by the caller"
+
+
+class CallObserver:
+    def __init__(self, telemetry: Telemetry, max_in_flight: int,
+                 describe: Callable[[object], tuple[str, int]],
+                 known_model: Callable[[str], bool]) -> None:
+        """``describe(request)`` gives (model name, image bytes) for labels and the log;
+        only models ``known_model`` accepts become metric labels, so that names callers
+        make up cannot grow the number of series without bound."""
+        self._telemetry = telemetry
+        self._max_in_flight = max_in_flight
+        self._describe = describe
+        self._known_model = known_model
+        self._in_flight = 0
+
+    def observe(self, method: str, handler: Handler[Request, Response]
+                ) -> Handler[Request, Response]:
+        async def observed(request: Request, context: grpc.aio.ServicerContext) -> Response:
+            start = time.perf_counter()
+            metadata = dict(context.invocation_metadata() or ())
+            request_id = str(metadata.get("x-request-id", ""))
+            model, image_bytes = self._describe(request)
+            code, message = grpc.StatusCode.OK, ""
+            span = self._telemetry.tracer.start_span(
+                f"{contract.SERVICE}/{method}", context=self._telemetry.extract(metadata),
+                kind=trace.SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": contract.SERVICE,
+                            "rpc.method": method, "detect.model": model,
+                            "detect.request_id": request_id})
+            self._in_flight += 1
+            self._telemetry.in_flight.add(1)
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    if self._in_flight > self._max_in_flight:
+                        self._telemetry.rejected.add(1, {"reason": "max_in_flight"})
+                        raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         f"proxy is at its limit of {self._max_in_flight} "
+                                         "calls in flight; retry with backoff")
+                    return await handler(request, context)
+            except ProxyError as exc:
+                code, message = exc.code, exc.message
+            except asyncio.CancelledError:  # the caller went away or its deadline passed
+                code, message = _cancellation(context)
+                raise
+            except Exception:
+                code, message = grpc.StatusCode.INTERNAL, "internal error in the detection proxy"
+                log.exception("%s %s failed unexpectedly", method, model)
+            finally:
+                self._in_flight -= 1
+                self._telemetry.in_flight.add(-1)
+                duration_ms = (time.perf_counter() - start) * 1000
+                label = model if self._known_model(model) else "(unknown)"
+                self._telemetry.record_call(method, label, code, duration_ms)
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code != grpc.StatusCode.OK:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, message))
+                span.end()
+                if log.isEnabledFor(logging.INFO):
+                    log.info(method, extra={"fields": {
+                        "request_id": request_id, "model": model, "code": code.name,
+                        "duration_ms": round(duration_ms, 3),
+                        "client": metadata.get("x-client-id", ""), "image_bytes": image_bytes,
+                        "trace_id": f"{span.get_span_context().trace_id:032x}",
+                        **({"error": message} if message else {})}})
+            await context.abort(code, message)
+            raise AssertionError("abort returns only by raising")  # pragma: no cover
+
+        return observed
