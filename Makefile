@@ -35,7 +35,7 @@ else
 $(error BACKEND must be localtriton or triton, not '$(BACKEND)')
 endif
 
-.PHONY: triton bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
+.PHONY: lint triton bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
 
@@ -113,8 +113,22 @@ run: venv protos models testdata envoy-config prometheus-config $(RUN_BACKEND)
 	@mkdir -p build/supervisord
 	$(BIN)/supervisord -c supervisord.conf
 
+# ruff over the tree; mypy over the packages under their import names (build/typecheck links
+# each folder as its package), --strict for the proxy.
+TYPECHECK := build/typecheck
+PACKAGES  := proxy:detect_proxy localtriton:detect_localtriton envoy:detect_envoy \
+             observability:detect_observability stack:detect_stack loadtest:detect_loadtest \
+             deploy:detect_deploy
+lint: venv protos
+	@mkdir -p $(TYPECHECK)
+	@for p in $(PACKAGES); do ln -sfn ../../$${p%%:*} $(TYPECHECK)/$${p##*:}; done
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict -p detect_proxy
+	$(BIN)/mypy -p detect_localtriton -p detect_envoy -p detect_observability -p detect_stack \
+	  -p detect_loadtest -p detect_deploy
+
 # pytest exits 5 when it collects no tests; that is not a failure of the build.
-test: venv triton system-deps protos models testdata
+test: venv triton system-deps protos models testdata lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # Benchmarks (loadtest/bench.py): results in loadtest/results/bench, the report in

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class State(enum.IntEnum):
 
 class CircuitBreaker:
     def __init__(self, failure_threshold: int, open_s: float, half_open_probes: int = 1,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.failure_threshold = failure_threshold
         self.open_s = open_s
         self.half_open_probes = half_open_probes

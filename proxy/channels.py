@@ -49,13 +49,14 @@ class Connection:
 
     channel: grpc.aio.Channel
     stub: service_pb2_grpc.GRPCInferenceServiceStub
-    model_infer: grpc.aio.UnaryUnaryMultiCallable
+    model_infer: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.ModelInferResponse]
 
 
 def _connect(url: str, args: list[tuple[str, int | str]]) -> Connection:
     channel = grpc.aio.insecure_channel(url, options=args)
-    model_infer = channel.unary_unary(MODEL_INFER, request_serializer=None,
-                                      response_deserializer=pb.ModelInferResponse.FromString)
+    model_infer: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.ModelInferResponse] = (
+        channel.unary_unary(MODEL_INFER, request_serializer=None,
+                            response_deserializer=pb.ModelInferResponse.FromString))
     return Connection(channel, service_pb2_grpc.GRPCInferenceServiceStub(channel), model_infer)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import uuid
+from pathlib import Path
 
 import grpc
 
@@ -20,7 +21,9 @@ def channel(target: str, ca_file: str | None, cert_file: str | None,
             key_file: str | None) -> grpc.Channel:
     if not ca_file:
         return grpc.insecure_channel(target)
-    read = lambda path: open(path, "rb").read() if path else None
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
     credentials = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
     return grpc.secure_channel(target, credentials)
 

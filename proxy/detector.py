@@ -24,7 +24,7 @@ from .catalogue import Catalogue
 from .errors import ProxyError, invalid
 from .image_header import ImageInfo, ImageLimits, ImageRejected, inspect
 from .models import DetectorModel, Image
-from .observed import CallObserver
+from .observed import CallObserver, Context
 from .telemetry import Telemetry
 
 # (the request without its image, the image as a view into the received bytes)
@@ -73,7 +73,7 @@ def build_response(result: InferResult, row: int, model: DetectorModel, info: Im
     return out
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
+def _request_id(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
             return str(value)
@@ -93,7 +93,7 @@ class DetectorService:
         self._telemetry = telemetry
 
     async def Detect(self, parsed: Parsed | None,
-                     context: grpc.aio.ServicerContext) -> detect_pb2.DetectResponse:
+                     context: Context) -> detect_pb2.DetectResponse:
         if parsed is None:
             self._telemetry.rejected.add(1, {"reason": "malformed_request"})
             raise invalid("request body is not a valid detect.v1.DetectRequest")
@@ -124,7 +124,7 @@ class DetectorService:
             raise invalid(str(exc)) from None
 
     async def _send(self, model: DetectorModel, image: Image,
-                    context: grpc.aio.ServicerContext) -> tuple[InferResult, int]:
+                    context: Context) -> tuple[InferResult, int]:
         """This image's row of a ModelInfer answer (aggregated with others when enabled)."""
         remaining = self._remaining(context)
         if remaining <= 0:
@@ -137,7 +137,7 @@ class DetectorService:
                 raise await self._catalogue.not_found(model.name) from None
             raise
 
-    def _remaining(self, context: grpc.aio.ServicerContext) -> float:
+    def _remaining(self, context: Context) -> float:
         """Seconds left of the caller's deadline (the default upstream timeout without one)."""
         remaining = context.time_remaining()
         return self._default_timeout_s if remaining is None else remaining

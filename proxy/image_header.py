@@ -59,7 +59,7 @@ def _jpeg_orientation(app1: bytes | memoryview) -> int:
     return 1
 
 
-def _jpeg(data: bytes) -> tuple[int, int]:
+def _jpeg(data: bytes | memoryview) -> tuple[int, int]:
     pos, orientation = 2, 1
     n = len(data)
     while pos < n:
@@ -93,13 +93,13 @@ def _jpeg(data: bytes) -> tuple[int, int]:
     raise ImageRejected("JPEG is truncated before its frame header (SOF)")
 
 
-def _png(data: bytes) -> tuple[int, int]:
+def _png(data: bytes | memoryview) -> tuple[int, int]:
     if len(data) < 24 or data[12:16] != b"IHDR":
         raise ImageRejected("PNG is truncated or corrupt: no IHDR header")
     return struct.unpack_from(">II", data, 16)
 
 
-def _webp(data: bytes) -> tuple[int, int]:
+def _webp(data: bytes | memoryview) -> tuple[int, int]:
     chunk = data[12:16]
     body = 20
     if chunk == b"VP8 ":
@@ -121,7 +121,7 @@ def _webp(data: bytes) -> tuple[int, int]:
     raise ImageRejected("WebP has an unknown first chunk")
 
 
-def _bmp(data: bytes) -> tuple[int, int]:
+def _bmp(data: bytes | memoryview) -> tuple[int, int]:
     if len(data) < 26:
         raise ImageRejected("BMP is truncated: no DIB header")
     (header_size,) = struct.unpack_from("<I", data, 14)

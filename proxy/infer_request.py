@@ -57,7 +57,7 @@ class RequestTemplate:
         """One request for ``images`` (a row each; one image when the model does not batch)."""
         if not self.batching and len(images) != 1:
             raise ValueError(f"model '{self.model_name}' does not batch: one image per request")
-        parts = [self._head(len(images))]
+        parts: list[bytes | memoryview] = [self._head(len(images))]
         if request_id:
             parts.append(pb.ModelInferRequest(id=request_id).SerializeToString())
         content_size = sum(len(image) for image in images) + _LENGTH.size * len(images)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Handler = Callable[[Request, grpc.aio.ServicerContext], Awaitable[Response]]
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Request, Context], Awaitable[Response]]
 
 # gRPC cancels the handler when the caller's deadline passes, as when the caller cancels;
 # what is left of the deadline tells them apart (timers fire a little early or late).
 DEADLINE_SLACK_S = 0.005
 
 
-def _cancellation(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
+def _cancellation(context: Context) -> tuple[grpc.StatusCode, str]:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= DEADLINE_SLACK_S:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
@@ -56,7 +57,7 @@ class CallObserver:
 
     def observe(self, method: str, handler: Handler[Request, Response]
                 ) -> Handler[Request, Response]:
-        async def observed(request: Request, context: grpc.aio.ServicerContext) -> Response:
+        async def observed(request: Request, context: Context) -> Response:
             start = time.perf_counter()
             metadata = dict(context.invocation_metadata() or ())
             request_id = str(metadata.get("x-request-id", ""))

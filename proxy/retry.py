@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 
 class RetryBudget:
     """Token bucket: every call deposits ``ratio`` tokens, every retry spends one; a floor
     of ``min_per_s`` tokens a second keeps low-traffic services retryable."""
 
-    def __init__(self, ratio: float = 0.2, min_per_s: float = 5.0, clock=time.monotonic) -> None:
+    def __init__(self, ratio: float = 0.2, min_per_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ratio = ratio
         self.min_per_s = min_per_s
         self.capacity = max(10.0, min_per_s * 10)

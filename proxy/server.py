@@ -9,7 +9,6 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from . import contract

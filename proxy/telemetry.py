@@ -23,8 +23,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (BatchSpanProcessor, ConsoleSpanExporter,
-                                            SimpleSpanProcessor, SpanExporter)
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
 
 from . import contract
 
@@ -83,7 +87,8 @@ class Telemetry:
         elif trace_exporter == "console":
             self.tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
         elif trace_exporter != "none":
-            raise ValueError(f"unknown trace exporter {trace_exporter!r}; use one of {TRACE_EXPORTERS}")
+            raise ValueError(f"unknown trace exporter {trace_exporter!r}; "
+                             f"use one of {TRACE_EXPORTERS}")
         self.tracer = self.tracer_provider.get_tracer("detect-proxy")
 
     def observe(self, name: str, description: str,

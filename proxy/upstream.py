@@ -16,10 +16,9 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-from tritonclient.grpc import InferResult
+from tritonclient.grpc import InferResult, service_pb2_grpc
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from .breaker import CircuitBreaker
 from .channels import ChannelPool

@@ -35,7 +35,7 @@ def run(config: ProxyConfig, argv: list[str]) -> int:
     workers = [subprocess.Popen(worker_args(config, i, argv)) for i in range(config.processes)]
     log.info("started %d proxy processes: %s", len(workers), [w.pid for w in workers])
 
-    def forward(sig, _frame) -> None:
+    def forward(sig: int, _frame: object) -> None:
         for w in workers:
             if w.poll() is None:
                 w.send_signal(sig)
@@ -45,7 +45,7 @@ def run(config: ProxyConfig, argv: list[str]) -> int:
     while True:
         codes = [w.poll() for w in workers]
         if all(c is not None for c in codes):
-            return max(abs(c) for c in codes)
+            return max(abs(c or 0) for c in codes)
         if any(c not in (None, 0) for c in codes):
             log.error("a proxy process exited with %s; stopping the others", codes)
             forward(signal.SIGTERM, None)
