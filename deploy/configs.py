@@ -2,7 +2,9 @@
 
 The files under deploy/ are generated, committed (Kubernetes reads them through the
 kustomization's configMapGenerator, Compose mounts them) and checked for freshness by the
-tests, so a change to envoy/render.py shows up in review as a change to what is deployed:
+tests, so a change to the renderer in envoy/ shows up in review as a change to what is
+deployed. Envoy's configurations are written as YAML, keys in the renderer's order, for
+reviewers to read:
 
     .venv/bin/python -m detect_deploy.configs            # rewrite them
     .venv/bin/python -m detect_deploy.configs --check    # exit 1 when one is stale
@@ -10,7 +12,8 @@ tests, so a change to envoy/render.py shows up in review as a change to what is 
 TLS material is never committed. ``tls-dir`` prepares the directory both deployments read
 (tls.crt, tls.key) from your certificate, or a development PKI for a trial cluster:
 
-    .venv/bin/python -m detect_deploy.configs tls-dir --out deploy/k8s/tls --cert server.crt --key server.key
+    .venv/bin/python -m detect_deploy.configs tls-dir --out deploy/k8s/tls \\
+        --cert server.crt --key server.key
     .venv/bin/python -m detect_deploy.configs tls-dir --out deploy/compose/tls --dev
 """
 
@@ -24,11 +27,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
 from detect_envoy import certs as pki
 from detect_envoy import render
 from detect_observability import prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Where the TLS directory is mounted in the Envoy container (Kubernetes and Compose alike).
 TLS_DIR = Path("/etc/detect/tls")
@@ -57,14 +62,15 @@ POD_LIMITS = dict(global_rps=5000, global_burst=10000, client_rps=1000, client_b
 
 K8S_DIR = ROOT / "deploy" / "k8s" / "envoy"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
+ENVOY_FILE = "envoy.yaml"  # Envoy's configuration in each directory
 
 
-def k8s_envoy(**overrides) -> render.StackConfig:
+def k8s_envoy(**overrides: Any) -> render.StackConfig:
     """The sidecar Envoy of a proxy pod: TLS front on the pod IP, one proxy on loopback,
     Triton discovered through its headless Service (STRICT_DNS), an ops listener for
     Prometheus and the kubelet's gRPC probe, and long-lived client connections recycled
     so they spread over pods the HPA adds."""
-    settings = dict(
+    settings: dict[str, Any] = dict(
         proxies=[f"127.0.0.1:{PROXY_PORT}"], tritons=[f"{TRITON_HOST}:{TRITON_PORT}"],
         cert_dir=TLS_DIR, front_address="0.0.0.0", front_port=FRONT_PORT,
         egress_port=EGRESS_PORT, admin_port=ADMIN_PORT, ops_port=OPS_PORT,
@@ -74,10 +80,10 @@ def k8s_envoy(**overrides) -> render.StackConfig:
     return render.StackConfig(**settings)
 
 
-def compose_envoy(**overrides) -> render.StackConfig:
+def compose_envoy(**overrides: Any) -> render.StackConfig:
     """Envoy on a single GPU host: the proxy processes share its network namespace (their
     loopback), Triton is the Compose service of that name."""
-    settings = dict(
+    settings: dict[str, Any] = dict(
         proxies=[f"127.0.0.1:{PROXY_PORT + i}" for i in range(COMPOSE_PROXY_PROCESSES)],
         tritons=[f"{TRITON_HOST}:{TRITON_PORT}"], cert_dir=TLS_DIR, front_address="0.0.0.0",
         front_port=FRONT_PORT, egress_port=EGRESS_PORT, admin_port=ADMIN_PORT,
@@ -95,28 +101,21 @@ def compose_prometheus() -> dict:
         tritons=[f"{TRITON_HOST}:{TRITON_METRICS_PORT}"], interval="15s")
 
 
-def server_sds(directory: Path = TLS_DIR) -> dict:
+def server_sds(directory: Path = TLS_DIR) -> dict[str, Any]:
     """Envoy's SDS resource for the mounted certificate (the kubernetes.io/tls key names)."""
-    return {"resources": [{
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        "name": "server_cert",
-        "tls_certificate": {
-            "certificate_chain": {"filename": str(directory / "tls.crt")},
-            "private_key": {"filename": str(directory / "tls.key")},
-        },
-    }]}
+    return pki.server_sds(directory / "tls.crt", directory / "tls.key")
 
 
-def _json(data: dict) -> str:
+def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
 def outputs() -> dict[Path, str]:
     """Every generated file and what it must contain."""
     return {
-        K8S_DIR / "envoy.json": _json(render.render(k8s_envoy())),
+        K8S_DIR / ENVOY_FILE: render.to_yaml(render.render(k8s_envoy())),
         K8S_DIR / SDS_FILE: _json(server_sds()),
-        COMPOSE_DIR / "envoy.json": _json(render.render(compose_envoy())),
+        COMPOSE_DIR / ENVOY_FILE: render.to_yaml(render.render(compose_envoy())),
         COMPOSE_DIR / SDS_FILE: _json(server_sds()),
         COMPOSE_DIR / "prometheus.json": _json(compose_prometheus()),
     }
@@ -191,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="group that may read the key (Envoy's distroless image: 65532)")
     args = parser.parse_args(argv)
     if args.command == "tls-dir":
-        if args.dev == bool(args.cert or args.key) or (not args.dev and not (args.cert and args.key)):
+        both = bool(args.cert and args.key)
+        if args.dev == bool(args.cert or args.key) or (not args.dev and not both):
             parser.error("tls-dir needs either --dev or both --cert and --key")
         tls_dir(args.out, args.cert, args.key, (args.host or DEV_HOSTS) if args.dev else None,
                 args.group_id)
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         for diff in diffs:
             print(diff, file=sys.stderr)
         if diffs:
-            print("generated deployment files are stale: run .venv/bin/python -m detect_deploy.configs",
-                  file=sys.stderr)
+            print("generated deployment files are stale: "
+                  "run .venv/bin/python -m detect_deploy.configs", file=sys.stderr)
         return 1 if diffs else 0
     for path, text in outputs().items():
         path.parent.mkdir(parents=True, exist_ok=True)

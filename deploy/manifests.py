@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shlex
-import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,7 +16,7 @@ K8S = DEPLOY / "k8s"
 
 def k8s_documents() -> list[tuple[str, dict]]:
     """(file name, resource) for every manifest the kustomization applies."""
-    docs = []
+    docs: list[tuple[str, dict]] = []
     for path in sorted(K8S.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
@@ -48,8 +47,9 @@ def port_of(c: dict, name: str) -> int:
     return next(p["containerPort"] for p in c["ports"] if p["name"] == name)
 
 
-def envoy_config(path: Path) -> dict:
-    return json.loads(path.read_text())
+def envoy_config(path: Path) -> dict[str, Any]:
+    """A rendered Envoy configuration (YAML, as deploy/configs.py writes it)."""
+    return yaml.safe_load(path.read_text())
 
 
 def cluster_ports(config: dict, cluster: str) -> list[tuple[str, int]]:

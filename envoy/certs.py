@@ -14,11 +14,14 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from detect_envoy.typed import typed
 
 TRUST_DOMAIN = "detect.local"
 DEFAULT_CLIENTS = ("alpha", "beta", "mallory")
@@ -42,8 +45,9 @@ def _write(directory: Path, stem: str, cert: x509.Certificate,
     key_path.chmod(0o600)
 
 
-def _builder(subject: str, issuer: x509.Name | None, public_key, days: int) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+def _builder(subject: str, issuer: x509.Name | None, public_key,
+             days: int) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     return (x509.CertificateBuilder()
             .subject_name(name).issuer_name(issuer or name).public_key(public_key)
@@ -52,7 +56,8 @@ def _builder(subject: str, issuer: x509.Name | None, public_key, days: int) -> x
             .not_valid_after(now + datetime.timedelta(days=days)))
 
 
-def make_ca(directory: Path, days: int = 365) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_ca(directory: Path,
+            days: int = 365) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     cert = (_builder("detect-proxy development CA", None, key.public_key(), days)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -77,7 +82,8 @@ def make_leaf(directory: Path, stem: str, ca: tuple[x509.Certificate, ec.Ellipti
     _write(directory, stem, cert, key)
 
 
-def make_server(directory: Path, ca, hosts: list[str], stem: str = "server", days: int = 90) -> None:
+def make_server(directory: Path, ca, hosts: list[str], stem: str = "server",
+                days: int = 90) -> None:
     sans: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -90,20 +96,27 @@ def make_server(directory: Path, ca, hosts: list[str], stem: str = "server", day
 SDS_FILE = "server-sds.json"
 
 
+def server_sds(certificate: Path, key: Path) -> dict[str, Any]:
+    """The SDS file's content: the secret ``server_cert`` that the front listener's TLS
+    context names, read from these two files."""
+    return {"resources": [typed(
+        "Secret",
+        name="server_cert",
+        tls_certificate={
+            "certificate_chain": {"filename": str(certificate)},
+            "private_key": {"filename": str(key)},
+        },
+    )]}
+
+
 def publish_server_sds(directory: Path, stem: str = "server") -> Path:
     """Point Envoy's file-based SDS at a server certificate, atomically (write, then rename):
     Envoy watches the directory and switches certificates without a restart."""
-    resource = {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        "name": "server_cert",
-        "tls_certificate": {
-            "certificate_chain": {"filename": str((directory / f"{stem}.crt").resolve())},
-            "private_key": {"filename": str((directory / f"{stem}.key").resolve())},
-        },
-    }
+    content = server_sds((directory / f"{stem}.crt").resolve(),
+                         (directory / f"{stem}.key").resolve())
     target = directory / SDS_FILE
     tmp = directory / f".{SDS_FILE}.tmp"
-    tmp.write_text(json.dumps({"resources": [resource]}, indent=2))
+    tmp.write_text(json.dumps(content, indent=2))
     os.replace(tmp, target)
     return target
 

@@ -104,7 +104,6 @@ class CallObserver:
                         "client": metadata.get("x-client-id", ""), "image_bytes": image_bytes,
                         "trace_id": f"{span.get_span_context().trace_id:032x}",
                         **({"error": message} if message else {})}})
-            await context.abort(code, message)
-            raise AssertionError("abort returns only by raising")  # pragma: no cover
+            await context.abort(code, message)  # raises: the call ends with this status
 
         return observed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +18,12 @@ def compose() -> dict:
 
 @pytest.fixture(scope="session")
 def k8s_envoy() -> dict:
-    return envoy_config(K8S / "envoy" / "envoy.json")
+    return envoy_config(K8S / "envoy" / "envoy.yaml")
 
 
 @pytest.fixture(scope="session")
 def compose_envoy() -> dict:
-    return envoy_config(DEPLOY / "compose" / "envoy.json")
+    return envoy_config(DEPLOY / "compose" / "envoy.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from detect_deploy.manifests import (DEPLOY, admin_port, argv, cluster, cluster_ports, container, find,
-                         flag, listener_port, port_of)
 
-from detect_deploy import capacity
-from detect_deploy import configs
-from detect_deploy import podctl
+from detect_deploy import capacity, configs, podctl
+from detect_deploy.manifests import (
+    DEPLOY,
+    admin_port,
+    argv,
+    cluster,
+    cluster_ports,
+    container,
+    find,
+    flag,
+    listener_port,
+    port_of,
+)
 from detect_localtriton import options as localtriton_options
 from detect_proxy import config as proxy_config
 
@@ -51,7 +59,7 @@ def host_port(address: str) -> tuple[str, int]:
 def envoy_accepts(args: list[str], config: Path, tls_dir: Path, tmp_path: Path) -> None:
     """Envoy parses the container's command line and loads the configuration it names."""
     text = config.read_text().replace(str(configs.TLS_DIR), str(tls_dir))
-    copy = tmp_path / "envoy.json"
+    copy = tmp_path / config.name  # Envoy reads the file by its extension (.yaml)
     copy.write_text(text)
     i = args.index("-c")
     command = [ENVOY, "--mode", "validate", *args[:i + 1], str(copy), *args[i + 2:]]
@@ -69,7 +77,8 @@ def test_proxy_flags_parse_and_meet_the_sidecar_envoy(k8s_envoy):
     host, port = host_port(settings.listen)
     assert host == "127.0.0.1"  # only the pod's own Envoy reaches it
     assert cluster_ports(k8s_envoy, "detect_proxy") == [(host, port)]
-    assert host_port(settings.triton_url) == ("127.0.0.1", listener_port(k8s_envoy, "triton_egress"))
+    egress = listener_port(k8s_envoy, "triton_egress")
+    assert host_port(settings.triton_url) == ("127.0.0.1", egress)
     assert cluster_ports(k8s_envoy, "proxy_metrics") == [("127.0.0.1", settings.metrics_port)]
     # Triton through the headless Service, resolved continually.
     triton = cluster(k8s_envoy, "triton")
@@ -94,11 +103,12 @@ def test_envoy_sidecar_ports_probes_and_command_line(k8s_envoy, dev_tls, tmp_pat
     # -c names the ConfigMap's file where the volume mounts it.
     args = argv(envoy)
     mount = next(m for m in envoy["volumeMounts"] if m["name"] == "envoy-config")
-    volume = next(v for v in pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "envoy-config")
+    volumes = pod["spec"]["template"]["spec"]["volumes"]
+    volume = next(v for v in volumes if v["name"] == "envoy-config")
     assert flag(args, "-c") == f"{mount['mountPath']}/{volume['configMap']['items'][0]['path']}"
     tls = next(m for m in envoy["volumeMounts"] if m["name"] == "tls")
     assert tls["mountPath"] == str(configs.TLS_DIR)
-    envoy_accepts(args, DEPLOY / "k8s" / "envoy" / "envoy.json", dev_tls, tmp_path)
+    envoy_accepts(args, DEPLOY / "k8s" / "envoy" / "envoy.yaml", dev_tls, tmp_path)
 
 
 def test_shutdown_sequence_fits_the_termination_grace_period(k8s_envoy):
@@ -192,7 +202,8 @@ def test_compose_proxies_match_envoy_and_prometheus(compose, compose_envoy):
     ports = [(host, first + i) for i in range(settings.processes)]
     assert settings.processes == configs.COMPOSE_PROXY_PROCESSES
     assert cluster_ports(compose_envoy, "detect_proxy") == ports
-    assert host_port(settings.triton_url) == ("127.0.0.1", listener_port(compose_envoy, "triton_egress"))
+    egress = listener_port(compose_envoy, "triton_egress")
+    assert host_port(settings.triton_url) == ("127.0.0.1", egress)
     prometheus = configs.compose_prometheus()
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in prometheus["scrape_configs"]}
     assert jobs["detect-proxy"] == [f"127.0.0.1:{settings.metrics_port + i}"
@@ -209,9 +220,9 @@ def test_compose_envoy_ports_and_command_line(compose, compose_envoy, dev_tls, t
     assert str(listener_port(compose_envoy, "front")) in published
     mounts = {v.rsplit(":", 2)[1]: v.rsplit(":", 2)[0] for v in envoy["volumes"]}
     config = mounts[flag(envoy["command"], "-c")]
-    assert (DEPLOY / config).resolve() == (DEPLOY / "compose" / "envoy.json").resolve()
+    assert (DEPLOY / config).resolve() == (DEPLOY / "compose" / "envoy.yaml").resolve()
     assert str(configs.TLS_DIR) in mounts
-    envoy_accepts(envoy["command"], DEPLOY / "compose" / "envoy.json", dev_tls, tmp_path)
+    envoy_accepts(envoy["command"], DEPLOY / "compose" / "envoy.yaml", dev_tls, tmp_path)
 
 
 def test_compose_triton_matches_kubernetes_and_envoy(compose, compose_envoy):

@@ -16,9 +16,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from detect_deploy.manifests import DEPLOY, K8S, argv, container, find, k8s_documents
 
 from detect_deploy import configs
+from detect_deploy.manifests import DEPLOY, K8S, argv, container, find, k8s_documents
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 OLDEST = "1.30.0"
@@ -84,10 +84,11 @@ def test_kustomization_lists_every_manifest_and_its_generated_files_exist():
 
 
 def test_generated_configs_match_what_the_renderers_produce_now():
-    assert configs.stale() == [], "run .venv/bin/python -m detect_deploy.configs\n" + "\n".join(configs.stale())
+    stale = configs.stale()
+    assert stale == [], "run .venv/bin/python -m detect_deploy.configs\n" + "\n".join(stale)
 
 
-@pytest.mark.parametrize("name", ["k8s/envoy/envoy.json", "compose/envoy.json"])
+@pytest.mark.parametrize("name", ["k8s/envoy/envoy.yaml", "compose/envoy.yaml"])
 def test_rendered_envoy_configs_pass_envoy_validate(name, dev_tls):
     configs.validate_envoy(DEPLOY / name, ENVOY, dev_tls)
 

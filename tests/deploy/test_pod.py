@@ -19,12 +19,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from detect_deploy.manifests import DEPLOY, argv, container, find, flag
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from detect_deploy import configs
-from detect_envoy import render
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_deploy import configs
+from detect_deploy.manifests import DEPLOY, argv, container, find, flag
+from detect_envoy import render
 from detect_stack.servers import TESTDATA, free_port, localtriton, proxy, running
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
@@ -92,8 +92,8 @@ def pod(tmp_path_factory, dev_tls):
                 ops_port=ports["ops"], admin_port=ports["admin"], egress_port=ports["egress"],
                 proxy_metrics=f"127.0.0.1:{ports['metrics']}",
                 access_log=str(tmp / "access.log"))
-            path = tmp / "envoy.json"
-            path.write_text(json.dumps(render.render(config)))
+            path = tmp / "envoy.yaml"
+            path.write_text(render.to_yaml(render.render(config)))
             envoy_args = replaced(argv(container(deployment, "envoy")), {
                 "-c": str(path), "--drain-time-s": f"{DRAIN_TIME_S:g}"})
             ops = f"127.0.0.1:{ports['ops']}"
