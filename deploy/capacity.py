@@ -71,7 +71,8 @@ def load(path: Path) -> tuple[str, dict[str, Row]]:
         data = json.loads(path.read_text())
         results = data["results"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a bench result ({{'command', 'results': [...]}}): {exc}")
+        raise InputError(
+            f"{path}: not a bench result ({{'command', 'results': [...]}}): {exc}") from None
     rows: dict[str, Row] = {}
     for entry in results:
         try:
@@ -79,7 +80,7 @@ def load(path: Path) -> tuple[str, dict[str, Row]]:
                       {k: float(v) for k, v in entry["cpu_ms_per_request"].items()},
                       {k: float(v) for k, v in entry.get("latency_ms", {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path}: malformed result {entry!r}: {exc}")
+            raise InputError(f"{path}: malformed result {entry!r}: {exc}") from None
         if row.scenario not in REQUIRED:
             continue
         best = rows.get(row.scenario)
@@ -91,7 +92,8 @@ def load(path: Path) -> tuple[str, dict[str, Row]]:
         raise InputError(f"{path}: scenario(s) {', '.join(repr(m) for m in missing)} missing "
                          f"(present: {', '.join(present) or 'none'}); the capacity model needs "
                          f"{', '.join(repr(s) for s in REQUIRED)}")
-    for scenario, keys in ((PROXY, ["front"]), (AGGREGATION, ["front"]), (EDGE, ["front", "envoy"])):
+    needed = ((PROXY, ["front"]), (AGGREGATION, ["front"]), (EDGE, ["front", "envoy"]))
+    for scenario, keys in needed:
         for key in keys:
             value = rows[scenario].cpu_ms.get(key)
             if value is None:
@@ -161,8 +163,10 @@ def _f(value: float, digits: int = 3) -> str:
 
 def report(p: Plan, rows: dict[str, Row], source: str, bench_command: str,
            command: str) -> str:
-    lat = lambda r: " / ".join(_f(r.latency_ms[k]) for k in ("p50", "p95", "p99")
-                               if k in r.latency_ms) or "n/a"
+    def lat(r: Row) -> str:
+        return " / ".join(_f(r.latency_ms[k]) for k in ("p50", "p95", "p99")
+                          if k in r.latency_ms) or "n/a"
+
     inputs = "\n".join(
         f"| `{r.scenario}` | {r.model or 'n/a'} | {_f(r.rps)} | "
         f"{_f(r.cpu_ms['front'])} | {_f(r.cpu_ms['envoy']) if 'envoy' in r.cpu_ms else '–'} | "
@@ -256,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         resolved = path.resolve()
         return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
-    command = shlex.join([".venv/bin/python", "-m", "detect_deploy.capacity", "--bench", shown(args.bench),
-                          "--out", shown(args.out), "--target-rps", f"{args.target_rps:g}",
+    command = shlex.join([".venv/bin/python", "-m", "detect_deploy.capacity",
+                          "--bench", shown(args.bench), "--out", shown(args.out), "--target-rps", f"{args.target_rps:g}",
                           "--target-utilisation", f"{args.target_utilisation:g}",
                           "--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}",
                           "--spare-gpu-replicas", str(args.spare_gpu_replicas)])

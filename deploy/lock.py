@@ -17,6 +17,7 @@ import argparse
 import re
 import sys
 import tomllib
+from collections.abc import Set as AbstractSet
 from importlib import metadata
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def parts() -> dict[str, list[str]]:
 
 def closure(requirements: list[str]) -> dict[str, str]:
     """Installed name -> version for the requirements and everything they pull in."""
-    env = default_environment()
+    env = {key: str(value) for key, value in default_environment().items()}
     pinned: dict[str, str] = {}
     todo: list[tuple[str, frozenset[str]]] = [(r, frozenset()) for r in requirements]
     seen: set[tuple[str, frozenset[str]]] = set()
@@ -78,7 +79,7 @@ def closure(requirements: list[str]) -> dict[str, str]:
     return dict(sorted(pinned.items()))
 
 
-def render(name: str, requirements: list[str], exclude: set[str] = frozenset()) -> str:
+def render(name: str, requirements: list[str], exclude: AbstractSet[str] = frozenset()) -> str:
     lines = [f"{n}=={v}\n" for n, v in closure(requirements).items() if n not in exclude]
     return HEADER + f"# {name}: {', '.join(requirements)}\n" + "".join(lines)
 

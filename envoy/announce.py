@@ -60,21 +60,26 @@ def main() -> int:
         ok, why = healthy(args.admin_port)
 
     python = sys.executable
-    sample = subprocess.run([python, "-m", "detect_proxy.client", str(SAMPLE), "--target", args.front,
-                             "--ca-file", args.ca], capture_output=True, text=True, cwd=ROOT)
+    sample = subprocess.run([python, "-m", "detect_proxy.client", str(SAMPLE),
+                             "--target", args.front, "--ca-file", args.ca],
+                            capture_output=True, text=True, cwd=ROOT)
     front_port = args.front.rsplit(":", 1)[1]
+    admin = f"http://127.0.0.1:{args.admin_port}"
+    prometheus = f"http://127.0.0.1:{args.prometheus_port}"
+    sample_path = SAMPLE.relative_to(ROOT)
     print(f"""
 === detect stack is up ({why}) ===
   Detect (TLS)     {args.front}   CA: {args.ca}
-  Envoy admin      http://127.0.0.1:{args.admin_port}  (/clusters, /stats/prometheus, /runtime_modify)
+  Envoy admin      {admin}  (/clusters, /stats/prometheus, /runtime_modify)
   access log       {args.access_log}
-  Prometheus       http://127.0.0.1:{args.prometheus_port}  (dashboard: observability/dashboard.json)
+  Prometheus       {prometheus}  (dashboard: observability/dashboard.json)
 
 Try it:
   grpcurl -cacert {args.ca} localhost:{front_port} list
-  base64 -w0 {SAMPLE.relative_to(ROOT)} | sed 's/.*/{{"image":"&"}}/' | \\
+  base64 -w0 {sample_path} | sed 's/.*/{{"image":"&"}}/' | \\
     grpcurl -cacert {args.ca} -d @ localhost:{front_port} detect.v1.Detector/Detect
-  .venv/bin/python -m detect_proxy.client {SAMPLE.relative_to(ROOT)} --target {args.front} --ca-file {args.ca}
+  .venv/bin/python -m detect_proxy.client {sample_path} \\
+    --target {args.front} --ca-file {args.ca}
 
 Sample call:
 {(sample.stdout or sample.stderr).rstrip()}

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from detect_deploy.manifests import DEPLOY
 
 from detect_deploy import capacity
+from detect_deploy.manifests import DEPLOY
 
 FIXTURE = Path(__file__).resolve().parent / "bench_fixture.json"
 REAL_BENCH = DEPLOY.parent / "loadtest" / "results" / "bench" / "bench.json"
@@ -72,7 +72,8 @@ def test_a_missing_envoy_measurement_is_named(tmp_path):
     data = fixture_data()
     for r in data["results"]:
         r["cpu_ms_per_request"].pop("envoy", None)
-    with pytest.raises(capacity.InputError, match="'envoy\\+proxy' has no cpu_ms_per_request.envoy"):
+    with pytest.raises(capacity.InputError,
+                       match="'envoy\\+proxy' has no cpu_ms_per_request.envoy"):
         capacity.load(write(tmp_path, data))
 
 
@@ -90,8 +91,9 @@ def test_unusable_files_fail_clearly(tmp_path):
 
 def test_command_line_writes_the_report_with_inputs_formula_and_assumption(tmp_path):
     out = tmp_path / "CAPACITY.md"
-    result = subprocess.run([sys.executable, "-m", "detect_deploy.capacity", "--bench", str(FIXTURE),
-                             "--out", str(out), "--gpu-rps-per-replica", "800"],
+    result = subprocess.run([sys.executable, "-m", "detect_deploy.capacity",
+                             "--bench", str(FIXTURE), "--out", str(out),
+                             "--gpu-rps-per-replica", "800"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     text = out.read_text()

@@ -18,6 +18,7 @@ from importlib import resources
 import jsonschema
 import pytest
 import yaml
+
 from detect_deploy.manifests import DEPLOY
 
 
@@ -62,7 +63,8 @@ def test_services_run_unprivileged_read_only_with_pinned_images(compose):
     assert triton["build"]["dockerfile"] == "deploy/triton.Dockerfile"
     base = (DEPLOY / "triton.Dockerfile").read_text()
     tag = triton["build"]["args"]["TRITON_TAG"]
-    assert f"ARG TRITON_TAG={tag}" in base and "nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in base
+    assert f"ARG TRITON_TAG={tag}" in base
+    assert "nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in base
     assert triton["image"].endswith(":" + tag)
 
 

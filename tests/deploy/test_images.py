@@ -11,10 +11,8 @@ import json
 import re
 import shlex
 
+from detect_deploy import lock, podctl
 from detect_deploy.manifests import DEPLOY, argv, container, find
-
-from detect_deploy import lock
-from detect_deploy import podctl
 
 ROOT = DEPLOY.parent
 
@@ -79,7 +77,8 @@ def test_dependencies_come_from_the_locks_without_resolution():
         for command in run.split("&&"):
             if "pip install" in command:
                 assert "--no-deps" in command, command
-                assert re.search(r"-r deploy/requirements/\w+\.txt|/wheels/\*\.whl", command), command
+                assert re.search(r"-r deploy/requirements/\w+\.txt|/wheels/\*\.whl",
+                                 command), command
     assert lock.problems() == [], lock.problems()
 
 
@@ -131,7 +130,8 @@ def test_healthchecks_and_probes_use_podctl_where_the_image_puts_it():
     for command in (proxy["livenessProbe"]["exec"]["command"],
                     proxy["lifecycle"]["preStop"]["exec"]["command"]):
         assert command[0] == "/opt/venv/bin/podctl"
-    assert argv(proxy)[0] == [rest for word, rest in s["proxy"] if word == "ENTRYPOINT"][0].strip('[]"')
+    [entrypoint] = [rest for word, rest in s["proxy"] if word == "ENTRYPOINT"]
+    assert argv(proxy)[0] == entrypoint.strip('[]"')
 
 
 def test_models_image_feeds_triton_on_the_gpu():

@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import tritonclient.grpc as grpcclient
-
-from detect.v1 import detect_pb2, detect_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_stack.servers import health_status
 from detect_stack.stack import host_counter, stack
 
@@ -41,7 +40,8 @@ def test_every_proxy_and_replica_gets_traffic_over_one_client_connection(edge, i
     assert sum(per_triton.values()) == 48
 
 
-def _load(target_channel, request, calls: int, workers: int, stop_at: threading.Event | None = None):
+def _load(target_channel, request, calls: int, workers: int,
+          stop_at: threading.Event | None = None):
     stub = detect_pb2_grpc.DetectorStub(target_channel)
     failures: list[str] = []
 

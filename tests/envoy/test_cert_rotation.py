@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import socket
 import ssl
-import sys
 import time
 
 from cryptography import x509
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from detect_stack.servers import ROOT
-from detect_stack.stack import stack
-
 from detect_envoy import certs as pki
+from detect_stack.stack import stack
 
 
 def served_serial(front: str, ca_file: str) -> int:

@@ -24,7 +24,8 @@ def test_list_and_describe(edge):
     assert "detect.v1.Detector" in out.stdout.split()
     out = grpcurl(edge, edge.envoy.front, "describe", "detect.v1.Detector")
     assert out.returncode == 0, out.stderr
-    assert "rpc Detect ( .detect.v1.DetectRequest ) returns ( .detect.v1.DetectResponse )" in out.stdout
+    signature = "rpc Detect ( .detect.v1.DetectRequest ) returns ( .detect.v1.DetectResponse )"
+    assert signature in out.stdout
 
 
 def test_detect(edge, images):
@@ -36,6 +37,6 @@ def test_detect(edge, images):
 
 
 def test_plaintext_grpcurl_fails(edge):
-    out = subprocess.run([GRPCURL, "-plaintext", "-connect-timeout", "2", edge.envoy.front, "list"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([GRPCURL, "-plaintext", "-connect-timeout", "2", edge.envoy.front,
+                          "list"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0

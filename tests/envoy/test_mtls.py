@@ -55,7 +55,8 @@ def test_client_identity_comes_from_the_certificate_not_a_header(mtls, images):
     path = mtls.process.log_path.parent / f"access-{mtls.front.rsplit(':', 1)[1]}.log"
     deadline = time.monotonic() + 5  # Envoy flushes access logs periodically
     while True:
-        entries = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        entries = [json.loads(line) for line in path.read_text().splitlines()
+                   if line.startswith("{")]
         clients = {e["client"] for e in entries if e["listener"] == "front"}
         if "spiffe://detect.local/client/alpha" in clients or time.monotonic() > deadline:
             break

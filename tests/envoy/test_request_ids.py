@@ -28,10 +28,13 @@ def test_caller_request_id_reaches_the_triton_hop(edge, images):
         detect_pb2_grpc.DetectorStub(channel).Detect(
             detect_pb2.DetectRequest(image=images["coffee.png"]), timeout=10,
             metadata=[("x-request-id", "rid-7f3a")])
-    hops = _wait_for(edge, lambda e: e["request_id"] == "rid-7f3a" and e["listener"] == "triton_egress")
+    hops = _wait_for(edge, lambda e: e["request_id"] == "rid-7f3a"
+                     and e["listener"] == "triton_egress")
     assert [h["method"] for h in hops] == ["/inference.GRPCInferenceService/ModelInfer"]
-    front = [e for e in _access_log(edge) if e["request_id"] == "rid-7f3a" and e["listener"] == "front"]
-    assert [(f["method"], f["grpc_status"]) for f in front] == [("/detect.v1.Detector/Detect", "OK")]
+    front = [e for e in _access_log(edge)
+             if e["request_id"] == "rid-7f3a" and e["listener"] == "front"]
+    assert [(f["method"], f["grpc_status"]) for f in front] == [
+        ("/detect.v1.Detector/Detect", "OK")]
 
 
 def test_generated_request_id_is_forwarded(edge, images):
@@ -43,5 +46,6 @@ def test_generated_request_id_is_forwarded(edge, images):
                       and e["method"].endswith("/Detect"))
     assert len(front) == 1 and len(front[0]["request_id"]) >= 32
     generated = front[0]["request_id"]
-    egress = _wait_for(edge, lambda e: e["listener"] == "triton_egress" and e["request_id"] == generated)
+    egress = _wait_for(edge, lambda e: e["listener"] == "triton_egress"
+                       and e["request_id"] == generated)
     assert len(egress) == 1

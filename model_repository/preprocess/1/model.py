@@ -53,7 +53,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.size = int(params.get("network_input_size", "512"))
         if self.size <= 0 or self.size % 32:
-            raise ValueError(f"network_input_size must be a positive multiple of 32, got {self.size}")
+            raise ValueError(
+                f"network_input_size must be a positive multiple of 32, got {self.size}")
         self.max_pixels = int(params.get("max_image_pixels", str(4096 * 4096)))
 
     def execute(self, requests):
