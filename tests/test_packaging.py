@@ -16,8 +16,10 @@ def test_wheel_carries_generated_stubs(tmp_path):
     [wheel] = list(tmp_path.glob("detect_proxy-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"detect/__init__.py", "detect/v1/__init__.py", "detect/v1/detect_pb2.py",
-            "detect/v1/detect_pb2_grpc.py", "proxy/client.py"} <= names
+            "detect/v1/detect_pb2_grpc.py", "detect_proxy/client.py"} <= names
     assert not any(n.startswith(("tests/", "model_repository/")) for n in names)
+    # Installed import names are distinctive: nothing squats `proxy` or `localtriton`.
+    assert not any(n.startswith(("proxy/", "localtriton/")) for n in names)
 
 
 def test_stubs_import_and_describe_the_api():
