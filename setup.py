@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def generate_stubs() -> None:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     protos = ROOT / "protos"
     include = Path(grpc_tools.__file__).parent / "_proto"

@@ -1,32 +1,33 @@
-"""BASELINE, NOT THE PRODUCT: the seed guide's anti-pattern, for comparison only.
+"""BASELINE, NOT THE PRODUCT: a new Triton client per request, for comparison only.
 
 A Detect server that creates a new Triton client (a new channel, a new HTTP/2 connection)
 for every request and closes it afterwards. Python's gRPC would quietly let a new channel
 reuse a previous one's connection through its global subchannel pool, which other
-languages' clients do not do; a local pool per channel gives the real cost. Benchmarks run it side by side with the proxy
-to show what the shared pool saves; it has no validation, limits or error mapping.
+languages' clients do not do; a local pool per channel gives the real cost. Benchmarks run
+it side by side with the proxy to show what the shared pool saves; it has no validation,
+limits or error mapping.
 
-    python -m detect_loadtest.baseline_client_per_request --listen 127.0.0.1:50061 --triton-url 127.0.0.1:8001
+    python -m detect_loadtest.baseline_client_per_request --listen 127.0.0.1:50061 \
+        --triton-url 127.0.0.1:8001
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from pathlib import Path
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
 from detect.v1 import detect_pb2
+from detect_proxy import contract
 
 # tritonclient's defaults (unlimited messages) plus a connection of its own per channel.
 CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_receive_message_length", 2**31 - 1),
                 ("grpc.use_local_subchannel_pool", 1)]
-OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+OUTPUTS = tuple(contract.OUTPUTS)
 
 
 def handlers(triton_url: str) -> grpc.GenericRpcHandler:
@@ -36,19 +37,20 @@ def handlers(triton_url: str) -> grpc.GenericRpcHandler:
         try:
             tensor = triton_aio.InferInput("IMAGE", [1, 1], "BYTES")
             tensor.set_data_from_numpy(np.array([[request.image]], dtype=np.object_))
+            outputs = [triton_aio.InferRequestedOutput(o) for o in OUTPUTS]
             result = await client.infer(request.model or "null_detector", [tensor],
-                                        outputs=[triton_aio.InferRequestedOutput(o) for o in OUTPUTS])
+                                        outputs=outputs)
         finally:
             await client.close()
-        count = int(result.as_numpy("num_detections")[0, 0])
+        count = int(result.as_numpy(contract.NUM_DETECTIONS)[0, 0])
         response = detect_pb2.DetectResponse(model=result.get_response().model_name)
-        for box, score in zip(result.as_numpy("detection_boxes")[0, :count],
-                              result.as_numpy("detection_scores")[0, :count]):
+        for box, score in zip(result.as_numpy(contract.DETECTION_BOXES)[0, :count],
+                              result.as_numpy(contract.DETECTION_SCORES)[0, :count], strict=True):
             response.detections.add(box=detect_pb2.BoundingBox(
                 x_min=box[0], y_min=box[1], x_max=box[2], y_max=box[3]), score=score)
         return response
 
-    return grpc.method_handlers_generic_handler("detect.v1.Detector", {
+    return grpc.method_handlers_generic_handler(contract.SERVICE, {
         "Detect": grpc.unary_unary_rpc_method_handler(
             detect, request_deserializer=detect_pb2.DetectRequest.FromString,
             response_serializer=detect_pb2.DetectResponse.SerializeToString)})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -26,29 +27,29 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import grpc
+import tritonclient.grpc as grpcclient
+
+from detect.v1 import detect_pb2
+from detect_loadtest import h2load, onnxruntime_inprocess, report
+from detect_loadtest.h2load import Load, grpc_frame
+from detect_loadtest.procstat import cpu_seconds
+from detect_loadtest.sampler import Sampler, expected_detections
+from detect_proxy import contract
+from detect_proxy.models import from_config
+from detect_stack.promtext import Sample, scrape, value
+from detect_stack.servers import BACKENDS, free_port, localtriton, proxy, running, triton_server
+from detect_stack.stack import envoy, make_certs, stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
-import grpc  # noqa: E402
-import tritonclient.grpc as grpcclient  # noqa: E402
-
-from detect_loadtest import h2load
-from detect_loadtest import onnxruntime_inprocess
-from detect_loadtest import report
-from detect.v1 import detect_pb2  # noqa: E402
-from detect_loadtest.h2load import Load, grpc_frame  # noqa: E402
-from detect_loadtest.procstat import cpu_seconds
-from detect_stack.promtext import scrape, value  # noqa: E402
-from detect_proxy.models import from_config
-from detect_loadtest.sampler import Sampler, expected_detections
-from detect_stack.servers import BACKENDS, free_port, localtriton, proxy, running, triton_server  # noqa: E402
-from detect_stack.stack import envoy, make_certs, stack  # noqa: E402
-
-DETECT_PATH = "/detect.v1.Detector/Detect"
+DETECT_PATH = contract.DETECT_PATH
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 # Envoy's rate limits are a feature under test elsewhere; here they must not shape the load.
-UNLIMITED = {"global_rps": 1_000_000, "global_burst": 1_000_000,
-             "client_rps": 1_000_000, "client_burst": 1_000_000}
+UNLIMITED: dict[str, Any] = {"global_rps": 1_000_000, "global_burst": 1_000_000,
+                             "client_rps": 1_000_000, "client_burst": 1_000_000}
 PROXY_FLAGS = ("--log-level", "warning")
 NO_AGGREGATION = ("--batch-max-wait-us", "0")
 
@@ -126,7 +127,8 @@ def stack_front(tmp: Path) -> Iterator[tuple[Front, list[str]]]:
 
 def _stats(urls: list[str], model: str) -> tuple[int, dict[str, int]]:
     """Rows the backends inferred for ``model`` and their batch-size histogram, summed."""
-    rows, sizes = 0, {}
+    rows = 0
+    sizes: dict[str, int] = {}
     for url in urls:
         with grpcclient.InferenceServerClient(url) as client:
             stats = client.get_inference_statistics(model).model_stats[0]
@@ -140,6 +142,10 @@ def _ok_calls(ports: list[int]) -> tuple[int, int]:
     name = "rpc_server_duration_milliseconds_count"
     samples = [s for port in ports for s in scrape(port)]
     return int(value(samples, name, status="OK")), int(value(samples, name))
+
+
+def _increase(before: list[Sample], after: list[Sample], metric: str, **labels: str) -> float:
+    return value(after, metric, **labels) - value(before, metric, **labels)
 
 
 def request_body(front: Front, tritons: list[str], model: str, image: bytes) -> bytes:
@@ -173,7 +179,8 @@ def measure(name: str, group: str, front: Front, tritons: list[str], model: str,
     try:
         result = h2load.run(url, body, load, tmp / f"{name}.log", timeout_s)
     finally:
-        samples = sampler.stop() if sampler else {"samples": 0, "mismatches": 0, "errors": {}}
+        samples: dict[str, Any] = (sampler.stop() if sampler
+                                   else {"samples": 0, "mismatches": 0, "errors": {}})
         if sampler:
             channel.close()
     after_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
@@ -183,13 +190,15 @@ def measure(name: str, group: str, front: Front, tritons: list[str], model: str,
     out = {"scenario": name, "group": group, "model": model, "requests": load.requests,
            **result, "sampled": samples,
            "backend_ok_rows": after_model_rows - before_model_rows - samples["samples"],
-           "cpu_ms_per_request": {role: round((after_cpu[role] - before_cpu[role]) * 1000 / calls, 3)
-                                  for role in pids},
+           "cpu_ms_per_request": {
+               role: round((after_cpu[role] - before_cpu[role]) * 1000 / calls, 3)
+               for role in pids},
            "backend_batch_sizes": {k: v - before_sizes.get(k, 0) for k, v in after_sizes.items()
                                    if v - before_sizes.get(k, 0)},
            "batch_model": batch_model}
     if front.proxy_metrics:
-        ok, total = (a - b for a, b in zip(_ok_calls(front.proxy_metrics), before_ok))
+        ok, total = (a - b for a, b in zip(_ok_calls(front.proxy_metrics), before_ok,
+                                              strict=True))
         # The sampling client's calls are counted too.
         out["proxy_calls"] = {"total": total, "ok": ok, "failed": total - ok,
                               "expected_ok": load.requests + samples["samples"]}
@@ -252,8 +261,7 @@ def overload_curve(args: argparse.Namespace, tmp: Path, image: bytes) -> dict:
             before = [s for port in front.proxy_metrics for s in scrape(port)]
             result = h2load.run(url, body, load, tmp / f"{name}-{multiple}.log", args.timeout)
             after = [s for port in front.proxy_metrics for s in scrape(port)]
-            delta = lambda metric, **labels: (value(after, metric, **labels)
-                                              - value(before, metric, **labels))
+            delta = functools.partial(_increase, before, after)
             count = "rpc_server_duration_milliseconds_count"
             ok = delta(count, status="OK")
             refused = delta(count, status="RESOURCE_EXHAUSTED")
@@ -313,8 +321,8 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
         add("proxy+aggregation open-loop", "open-loop",
             proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))),
             load=open_load)
-        add("floor open-loop", "open-loop", baseline_front(tmp, triton, "passthrough_floor", sampled=False),
-            load=open_load)
+        add("floor open-loop", "open-loop",
+            baseline_front(tmp, triton, "passthrough_floor", sampled=False), load=open_load)
         # (c): latency added at low concurrency, one call at a time.
         one = Load(args.latency_requests, 1, 1)
         add("direct", "latency", direct_front(triton), load=one)
@@ -386,13 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     if args.smoke:
-        args.requests, args.latency_requests = min(args.requests, 200), min(args.latency_requests, 100)
+        args.requests = min(args.requests, 200)
+        args.latency_requests = min(args.latency_requests, 100)
         args.rounds = 1
     args.requests = min(args.requests, 100_000)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         data = run_all(args, Path(tmp))
-    command = " ".join(["python", "-m", "detect_loadtest.bench", *(argv if argv is not None else sys.argv[1:])])
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python", "-m", "detect_loadtest.bench", *given])
     data = {"command": command, "duration_s": round(time.monotonic() - started, 1),
             "machine": {"cpus": len(os.sched_getaffinity(0)),
                         "python": platform.python_version(), "grpcio": grpc.__version__,

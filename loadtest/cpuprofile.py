@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from detect_loadtest import bench, h2load
+from detect_stack.servers import localtriton
 
-from detect_loadtest import bench
-from detect_loadtest import h2load
-from detect_stack.servers import localtriton  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def summarize(folded: Path, top: int = 25) -> str:
@@ -38,7 +37,10 @@ def summarize(folded: Path, top: int = 25) -> str:
         own[frames[-1]] += n
         for frame in set(frames):
             inclusive[frame] += n
-    rows = lambda c: "\n".join(f"{n / total:6.1%}  {name}" for name, n in c.most_common(top))
+
+    def rows(counts: collections.Counter[str]) -> str:
+        return "\n".join(f"{n / total:6.1%}  {name}" for name, n in counts.most_common(top))
+
     return (f"{total} samples\n\nown time (the function itself)\n{rows(own)}\n\n"
             f"with callees\n{rows(inclusive)}\n")
 
@@ -59,7 +61,8 @@ def main() -> int:
         tmp = Path(tmp_name)
         with bench.proxy_front(tmp, triton, tuple(args.proxy_flag)) as front:
             body = tmp / "body.bin"
-            body.write_bytes(bench.request_body(front, [triton], args.model, args.image.read_bytes()))
+            image = args.image.read_bytes()
+            body.write_bytes(bench.request_body(front, [triton], args.model, image))
             url = front.url + front.path
             h2load.run(url, body, h2load.Load(300), tmp / "warmup.log", 120)
             spy = subprocess.Popen([py_spy, "record", "--pid", str(front.pids["front"][0]),

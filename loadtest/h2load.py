@@ -70,7 +70,7 @@ def run(url: str, body: Path, load: Load, log_file: Path, timeout_s: float) -> d
     rows = [line.split() for line in log_file.read_text().splitlines() if line.strip()]
     latencies_ms = [int(r[2]) / 1000 for r in rows]
     not_200 = sum(1 for r in rows if r[1] != "200")
-    done = next(l for l in out.stdout.splitlines() if l.startswith("requests:"))
+    done = next(line for line in out.stdout.splitlines() if line.startswith("requests:"))
     if not latencies_ms:
         raise RuntimeError(f"h2load finished no request: {done}\n{out.stdout}")
     return {

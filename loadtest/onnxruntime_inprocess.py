@@ -31,7 +31,8 @@ def letterboxed(image_path: Path, size: int = SIZE) -> np.ndarray:
     """NCHW float32 0..255 RGB, aspect kept, padded to size x size (as the ensemble does)."""
     image = Image.open(image_path).convert("RGB")
     scale = size / max(image.size)
-    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    resized = image.resize((max(1, round(image.width * scale)),
+                            max(1, round(image.height * scale))))
     canvas = np.zeros((size, size, 3), dtype=np.float32)
     canvas[: resized.height, : resized.width] = np.asarray(resized, dtype=np.float32)
     return canvas.transpose(2, 0, 1)[None]

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from pathlib import Path
 import struct
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from detect.v1 import detect_pb2
+from detect_proxy import contract
 
-OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+OUTPUTS = tuple(contract.OUTPUTS)
 
 
 async def serve(listen: str, triton_url: str) -> None:
@@ -40,7 +39,7 @@ async def serve(listen: str, triton_url: str) -> None:
         return await infer(upstream.SerializeToString())
 
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("detect.v1.Detector", {
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(contract.SERVICE, {
         "Detect": grpc.unary_unary_rpc_method_handler(detect)}),))
     server.add_insecure_port(listen)
     await server.start()

@@ -63,7 +63,7 @@ def figure_a(s: dict) -> str:
     return f"""## (a) Shared pool vs a new Triton client per request
 
 `proxy` against `loadtest/baseline_client_per_request.py` (a new channel, a new TCP
-connection and HTTP/2 handshake per call, as in the seed guide's anti-pattern), null_detector.
+connection and HTTP/2 handshake per call, the anti-pattern this project replaces), null_detector.
 
 | | proxy (pool) | client per request | ratio |
 |---|---|---|---|
@@ -87,7 +87,10 @@ def figure_b(s: dict) -> str:
     floor, off, on = s["floor"], s["proxy"], s["proxy+aggregation"]
     r_off = _cpu(off, "front") / _cpu(floor, "front")
     r_on = _cpu(on, "front") / _cpu(floor, "front")
-    total = lambda r: _cpu(r, "front", "localtriton")
+
+    def total(r: dict) -> float:
+        return _cpu(r, "front", "localtriton")
+
     spread = ""
     if "rounds" in off:
         spread = ("\n\nEach row is the median of {n} interleaved rounds; front CPU ms/req per "
@@ -120,7 +123,10 @@ Backend batch sizes with aggregation: {_histogram(on)} (without: {_histogram(off
 def figure_c(s: dict) -> str:
     direct, f, p, e = s["direct"], s["floor c=1"], s["proxy c=1"], s["envoy+proxy c=1"]
     agg = s["proxy+aggregation c=1"]
-    add = lambda r, q: r["latency_ms"][q] - direct["latency_ms"][q]
+
+    def add(r: dict, q: str) -> float:
+        return float(r["latency_ms"][q] - direct["latency_ms"][q])
+
     return f"""## (c) Latency added at low concurrency
 
 One call at a time ({direct['requests']} calls each), null_detector. `direct` is ModelInfer

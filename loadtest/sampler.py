@@ -9,15 +9,15 @@ outside the path under test): same boxes, scores and classes, within float toler
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_proxy import contract
 
-OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+OUTPUTS = tuple(contract.OUTPUTS)
 
 
 def expected_detections(triton_url: str, model: str, image: bytes) -> np.ndarray:
@@ -29,10 +29,10 @@ def expected_detections(triton_url: str, model: str, image: bytes) -> np.ndarray
         tensor.set_data_from_numpy(np.array([image], dtype=np.object_).reshape(shape))
         result = client.infer(model, [tensor],
                               outputs=[grpcclient.InferRequestedOutput(o) for o in OUTPUTS])
-    count = int(result.as_numpy("num_detections").reshape(-1)[0])
-    boxes = result.as_numpy("detection_boxes").reshape(-1, 4)[:count]
-    scores = result.as_numpy("detection_scores").reshape(-1)[:count]
-    classes = result.as_numpy("detection_classes").reshape(-1)[:count]
+    count = int(result.as_numpy(contract.NUM_DETECTIONS).reshape(-1)[0])
+    boxes = result.as_numpy(contract.DETECTION_BOXES).reshape(-1, 4)[:count]
+    scores = result.as_numpy(contract.DETECTION_SCORES).reshape(-1)[:count]
+    classes = result.as_numpy(contract.DETECTION_CLASSES).reshape(-1)[:count]
     rows = np.column_stack([boxes, scores, classes]).astype(np.float64)
     return rows[np.argsort(-rows[:, 4], kind="stable")]
 

@@ -23,13 +23,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_stack.servers import tcp_peers
+from detect_stack.stack import stack
+
 ROOT = Path(__file__).resolve().parent.parent
-
-import grpc  # noqa: E402
-
-from detect.v1 import detect_pb2, detect_pb2_grpc  # noqa: E402
-from detect_stack.servers import tcp_peers  # noqa: E402
-from detect_stack.stack import stack  # noqa: E402
 
 
 def _rss_kib(pid: int) -> int:

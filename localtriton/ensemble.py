@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class EnsembleScheduler:
-    def __init__(self, config: mc.ModelConfig, repository: "ModelRepository") -> None:
+    def __init__(self, config: mc.ModelConfig, repository: ModelRepository) -> None:
         self._config = config
         self._repository = repository
         self._steps = list(config.ensemble_scheduling.step)
@@ -36,7 +36,7 @@ class EnsembleScheduler:
                 raise InferenceError.internal(
                     f"ensemble '{self._config.name}' cannot make progress")
             results = await asyncio.gather(*(self._run_step(s, tensors, request) for s in ready))
-            for step, outputs in zip(ready, results):
+            for step, outputs in zip(ready, results, strict=True):
                 for model_output, dst in step.output_map.items():
                     tensors[dst] = outputs[model_output]
                 pending.remove(step)

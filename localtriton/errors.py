@@ -14,19 +14,19 @@ class InferenceError(Exception):
         self.message = message
 
     @classmethod
-    def invalid(cls, message: str) -> "InferenceError":
+    def invalid(cls, message: str) -> InferenceError:
         return cls(grpc.StatusCode.INVALID_ARGUMENT, message)
 
     @classmethod
-    def not_found(cls, message: str) -> "InferenceError":
+    def not_found(cls, message: str) -> InferenceError:
         return cls(grpc.StatusCode.NOT_FOUND, message)
 
     @classmethod
-    def internal(cls, message: str) -> "InferenceError":
+    def internal(cls, message: str) -> InferenceError:
         return cls(grpc.StatusCode.INTERNAL, message)
 
     @classmethod
-    def unavailable(cls, message: str) -> "InferenceError":
+    def unavailable(cls, message: str) -> InferenceError:
         return cls(grpc.StatusCode.UNAVAILABLE, message)
 
 

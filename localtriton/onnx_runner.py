@@ -61,7 +61,7 @@ class TritonPythonModel:
                 part = slice(start, start + rows) if rows is not None else slice(None)
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor(name, np.ascontiguousarray(value[part], dtype=dtype))
-                    for (name, dtype), value in zip(self.outputs, results)])
+                    for (name, dtype), value in zip(self.outputs, results, strict=True)])
                 start += rows or 0
         return responses
 
@@ -69,4 +69,5 @@ class TritonPythonModel:
 def _same_row_shapes(arrays):
     """Requests can share one run only when every input has the same shape past the batch dim."""
     first = arrays[0]
-    return all(a.shape[1:] == f.shape[1:] for other in arrays[1:] for a, f in zip(other, first))
+    return all(a.shape[1:] == f.shape[1:]
+               for other in arrays[1:] for a, f in zip(other, first, strict=True))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def _bool(text: str) -> bool:
 
 
 # (flag, type, default, help). Defaults for the grpc-* flags are tritonserver's.
-_FLAGS: list[tuple[str, object, object, str]] = [
+_FLAGS: list[tuple[str, Callable[[str], Any], object, str]] = [
     ("--model-repository", Path, Path("model_repository"), "path to the model repository"),
     ("--grpc-address", str, "127.0.0.1",
      "address to listen on (tritonserver defaults to 0.0.0.0; this development server "
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, default, text in _FLAGS:
         env = env_name(flag)
         if env in os.environ:
-            default = kind(os.environ[env])  # type: ignore[operator]
+            default = kind(os.environ[env])
         parser.add_argument(flag, type=kind, default=default,
                             help=f"{text} [env {env}; default: %(default)s]")
     return parser

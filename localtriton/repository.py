@@ -79,7 +79,7 @@ class Model:
                         f"'{name}'")
                 dims = shape[1:]
             if len(dims) != len(declared.dims) or any(
-                    d != -1 and d != s for d, s in zip(declared.dims, dims)):
+                    d != -1 and d != s for d, s in zip(declared.dims, dims, strict=True)):
                 raise InferenceError.invalid(
                     f"unexpected shape for input '{input_name}' for model '{name}'. Expected "
                     f"{_shape_text(self.full_shape(declared))}, got {_shape_text(shape)}")

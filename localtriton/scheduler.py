@@ -139,14 +139,15 @@ class Scheduler:
             return
         finally:
             self._free.put_nowait(instance)
-        succeeded = [p for p, r in zip(batch, execution.results) if not isinstance(r, Exception)]
+        succeeded = [p for p, r in zip(batch, execution.results, strict=True)
+                     if not isinstance(r, Exception)]
         if succeeded:
             self._stats.record_execution(
                 sum(p.request.batch_size for p in succeeded), len(succeeded),
                 [start - p.enqueued_ns for p in succeeded],
                 execution.compute_input_ns, execution.compute_infer_ns,
                 execution.compute_output_ns)
-        for pending, result in zip(batch, execution.results):
+        for pending, result in zip(batch, execution.results, strict=True):
             if pending.future.done():
                 continue
             if isinstance(result, Exception):

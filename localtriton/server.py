@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from http.server import ThreadingHTTPServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,7 +41,7 @@ class LocalTriton:
         self.health = TritonHealth()
         self.server = grpc.aio.server(options=options.grpc_server_options())
         self.port = 0
-        self.metrics = None
+        self.metrics: ThreadingHTTPServer | None = None
 
     async def start(self) -> None:
         await self.repository.load()

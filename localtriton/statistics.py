@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from tritonclient.grpc import service_pb2 as pb
 
-
 FAILURE_BACKEND = "BACKEND"
 FAILURE_CANCELED = "CANCELED"
 FAILURE_REJECTED = "REJECTED"

@@ -119,7 +119,7 @@ def _bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detect-proxy",
-        description="gRPC detect.v1.Detector proxy in front of Triton Inference Server. "
+        description=f"gRPC {contract.SERVICE} proxy in front of Triton Inference Server. "
                     "Each flag can also be set through the environment variable shown.")
     defaults = ProxyConfig()
     for f in fields(ProxyConfig):

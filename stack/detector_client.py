@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+from detect_proxy import contract
+
+OUTPUTS = tuple(contract.OUTPUTS)
 
 
 @dataclass
@@ -24,7 +26,7 @@ def image_input(*encoded: bytes) -> grpcclient.InferInput:
 
 
 def detections(result, row: int = 0) -> Detections:
-    k = int(result.as_numpy("num_detections")[row, 0])
-    return Detections(result.as_numpy("detection_boxes")[row, :k],
-                      result.as_numpy("detection_scores")[row, :k],
-                      result.as_numpy("detection_classes")[row, :k])
+    k = int(result.as_numpy(contract.NUM_DETECTIONS)[row, 0])
+    return Detections(result.as_numpy(contract.DETECTION_BOXES)[row, :k],
+                      result.as_numpy(contract.DETECTION_SCORES)[row, :k],
+                      result.as_numpy(contract.DETECTION_CLASSES)[row, :k])

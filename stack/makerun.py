@@ -49,12 +49,13 @@ class MakeRun:
                              text=True, check=False)
         rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
         children: dict[int, list[tuple[int, str]]] = {}
-        for pid, ppid, *args in rows:
-            children.setdefault(int(ppid), []).append((int(pid), args[0] if args else ""))
-        found, stack = {}, [self.process.pid]
+        for pid_text, ppid_text, *args in rows:
+            children.setdefault(int(ppid_text), []).append((int(pid_text), args[0] if args else ""))
+        found: dict[int, str] = {}
+        stack = [self.process.pid]
         while stack:
-            for pid, args in children.get(stack.pop(), []):
-                found[pid] = args
+            for pid, command in children.get(stack.pop(), []):
+                found[pid] = command
                 stack.append(pid)
         return found
 

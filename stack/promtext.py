@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Iterable
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$')
 
+# (metric name, labels, value)
+Sample = tuple[str, dict[str, str], float]
 
-def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+
+def scrape(port: int) -> list[Sample]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = []
+    samples: list[Sample] = []
     for line in text.splitlines():
         match = _SAMPLE.match(line)
         if match:
@@ -19,6 +23,6 @@ def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
     return samples
 
 
-def value(samples, name: str, **labels: str) -> float:
-    return sum(v for n, l, v in samples
-               if n == name and all(l.get(k) == w for k, w in labels.items()))
+def value(samples: Iterable[Sample], name: str, **labels: str) -> float:
+    return sum(v for n, sample_labels, v in samples
+               if n == name and all(sample_labels.get(k) == w for k, w in labels.items()))

@@ -23,8 +23,10 @@ from detect_stack.servers import DOWNLOADS
 @cache
 def _session() -> onnxruntime.InferenceSession:
     model = onnx.load(str(DOWNLOADS / "centerface.onnx"))
-    input_dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    output_dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    input_dims: dict[str, list[int | str]] = {
+        i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    output_dims: dict[str, list[int | str]] = {
+        o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
     input_dims["input.1"] = ["B", 3, "H", "W"]
     output_dims.update({"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"],
                         "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]})
@@ -61,12 +63,12 @@ def detect(encoded: bytes, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarr
     w, h = image.size
     w_new, h_new = int(np.ceil(w / 32) * 32), int(np.ceil(h / 32) * 32)
     if (w_new, h_new) != (w, h):
-        image = image.resize((w_new, h_new), Image.BILINEAR)
+        image = image.resize((w_new, h_new), Image.Resampling.BILINEAR)
     blob = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None]
     heatmap, scale, offset, _ = _session().run(None, {"input.1": blob})
     heatmap = heatmap[0, 0]
     boxes, scores = [], []
-    for c0, c1 in zip(*np.where(heatmap > threshold)):
+    for c0, c1 in zip(*np.where(heatmap > threshold), strict=True):
         s0, s1 = np.exp(scale[0, 0, c0, c1]) * 4, np.exp(scale[0, 1, c0, c1]) * 4
         o0, o1 = offset[0, 0, c0, c1], offset[0, 1, c0, c1]
         x1 = min(max(0, (c1 + o1 + 0.5) * 4 - s1 / 2), w_new)
@@ -77,8 +79,8 @@ def detect(encoded: bytes, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarr
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     boxes_a, scores_a = np.asarray(boxes, np.float32), np.asarray(scores, np.float32)
     keep = _nms(boxes_a, scores_a, 0.3)
-    boxes_a = boxes_a[keep] / np.array([w_new / w, h_new / h, w_new / w, h_new / h], np.float32)
-    return boxes_a, scores_a[keep]
+    scale = np.array([w_new / w, h_new / h, w_new / w, h_new / h], np.float32)
+    return boxes_a[keep] / scale, scores_a[keep]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

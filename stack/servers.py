@@ -149,8 +149,10 @@ def serving(target: str) -> bool:
 
 @contextlib.contextmanager
 def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
-          metrics_port: int | None = None, wait_serving: bool = True) -> Iterator[tuple[str, Process]]:
-    """A real ``python -m detect_proxy`` in front of ``triton_url``; ready once health says SERVING."""
+          metrics_port: int | None = None,
+          wait_serving: bool = True) -> Iterator[tuple[str, Process]]:
+    """A real ``python -m detect_proxy`` in front of ``triton_url``; ready once health says
+    SERVING."""
     port = port or free_port()
     target = f"127.0.0.1:{port}"
     args = [sys.executable, "-m", "detect_proxy", "--listen", target, "--triton-url", triton_url,

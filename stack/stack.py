@@ -13,10 +13,9 @@ from pathlib import Path
 
 import grpc
 
-from detect_stack.servers import LOCALTRITON, ROOT, Process, free_port, proxy, running, triton_server
-
 from detect_envoy import certs as pki
 from detect_envoy import render
+from detect_stack.servers import LOCALTRITON, Process, free_port, proxy, running, triton_server
 
 # Keepalive pairing shipped for production (README): Triton accepts pings on idle
 # connections no more often than Envoy's connection_keepalive sends them.
@@ -49,9 +48,10 @@ def healthy_hosts(admin_port: int, cluster: str) -> int:
     clusters = json.loads(admin_get(admin_port, "/clusters?format=json"))
     for status in clusters.get("cluster_statuses", []):
         if status["name"] == cluster:
-            return sum(1 for h in status.get("host_statuses", [])
-                       if h.get("health_status", {}).get("eds_health_status", "HEALTHY") == "HEALTHY"
-                       and not any(k.startswith("failed") for k in h.get("health_status", {})))
+            health = [h.get("health_status", {}) for h in status.get("host_statuses", [])]
+            return sum(1 for h in health
+                       if h.get("eds_health_status", "HEALTHY") == "HEALTHY"
+                       and not any(k.startswith("failed") for k in h))
     return 0
 
 
@@ -76,7 +76,9 @@ class Envoy:
     def channel(self, client: str | None = None, ca: bool = True) -> grpc.Channel:
         if not ca:
             return grpc.insecure_channel(self.front)
-        read = lambda name: (self.certs / name).read_bytes()
+        def read(name: str) -> bytes:
+            return (self.certs / name).read_bytes()
+
         creds = grpc.ssl_channel_credentials(
             read("ca.crt"),
             read(f"client-{client}.key") if client else None,
@@ -95,7 +97,7 @@ def envoy(tmp_path: Path, certs: Path, proxies: list[str], tritons: list[str],
         egress_port=egress_port, admin_port=admin_port,
         access_log=str(tmp_path / f"access-{front_port}.log"), **settings)
     path = tmp_path / f"envoy-{front_port}.yaml"
-    path.write_text(json.dumps(render.render(config), indent=2))
+    path.write_text(render.to_yaml(render.render(config)))
     envoy_bin = str(Path(sys.executable).parent / "envoy")
     render.validate(path, envoy_bin)
 
@@ -147,7 +149,7 @@ def _envoy_then_proxies(tmp_path, certs, proxy_ports, proxy_metrics, tritons, eg
     with contextlib.ExitStack() as es:
         # Envoy's readiness waits for healthy proxies, so start them against its egress
         # port first; they report NOT_SERVING until the egress listener is up.
-        for port, metrics in zip(proxy_ports, proxy_metrics):
+        for port, metrics in zip(proxy_ports, proxy_metrics, strict=True):
             started.append(es.enter_context(proxy(
                 tmp_path, f"127.0.0.1:{egress_port}", *proxy_flags, port=port, wait_serving=False,
                 metrics_port=int(metrics.rsplit(":", 1)[1]))))

@@ -9,7 +9,6 @@ import grpc
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-
 from detect_stack.makerun import make_run
 from detect_stack.servers import TRITON
 

@@ -32,5 +32,5 @@ class Backend(abc.ABC):
         """Run ``requests`` together on instance ``instance``. Called from a worker thread,
         never concurrently for the same instance."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to release)
         """Release the instances; called once at shutdown."""

@@ -91,9 +91,10 @@ class OnnxRuntimeBackend(Backend):
             offset = 0
             for request in requests:
                 end = offset + request.batch_size
-                results.append({n: o[offset:end] for n, o in zip(self._output_names, outputs)})
+                results.append({n: o[offset:end]
+                                for n, o in zip(self._output_names, outputs, strict=True)})
                 offset = end
         else:
-            results.append(dict(zip(self._output_names, outputs)))
+            results.append(dict(zip(self._output_names, outputs, strict=True)))
         t3 = time.perf_counter_ns()
         return Execution(results, t1 - t0, t2 - t1, t3 - t2)

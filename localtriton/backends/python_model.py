@@ -108,11 +108,12 @@ class PythonBackend(Backend):
             return Execution([error] * len(requests), 0, time.perf_counter_ns() - t0)
         t1 = time.perf_counter_ns()
         if not isinstance(responses, list) or len(responses) != len(requests):
+            got = len(responses) if isinstance(responses, list) else type(responses).__name__
             error = InferenceError.internal(
-                f"model '{self.config.name}' returned {len(responses) if isinstance(responses, list) else type(responses).__name__} "
+                f"model '{self.config.name}' returned {got} "
                 f"responses for {len(requests)} requests")
             return Execution([error] * len(requests), 0, t1 - t0)
-        results = [self._convert(r, req) for r, req in zip(responses, requests)]
+        results = [self._convert(r, req) for r, req in zip(responses, requests, strict=True)]
         return Execution(results, 0, t1 - t0, time.perf_counter_ns() - t1)
 
     def _convert(self, response: pb_utils.InferenceResponse,
@@ -121,8 +122,8 @@ class PythonBackend(Backend):
             return InferenceError.internal(
                 f"model '{self.config.name}' returned {type(response).__name__}, "
                 "not an InferenceResponse")
-        if response.has_error():
-            err = response.error()
+        err = response.error()
+        if err is not None:
             return InferenceError(_GRPC_CODES.get(err.code(), grpc.StatusCode.INTERNAL),
                                   err.message())
         out: dict[str, np.ndarray] = {}

@@ -32,8 +32,11 @@ def _fails(client, model: str, inputs, code: str, *fragments: str) -> None:
 def _png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height (a decompression bomb's shape)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
-                                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
     idat = zlib.compress(b"\x00" * 1024)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
@@ -44,7 +47,8 @@ def test_non_image_bytes(client):
 
 
 @pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n" + b"garbage" * 100,
-                                  b"\xff\xd8\xff\xe0" + b"\x00" * 64, b"RIFF\x00\x00\x00\x00WEBPjunk"])
+                                  b"\xff\xd8\xff\xe0" + b"\x00" * 64,
+                                  b"RIFF\x00\x00\x00\x00WEBPjunk"])
 def test_messages_carry_no_python_reprs(client, data):
     """A header followed by garbage: the reason in words, no "<_io.BytesIO object at 0x...>"."""
     with pytest.raises(InferenceServerException) as err:
@@ -81,7 +85,8 @@ def test_wrong_shape(client):
     tensor = grpcclient.InferInput("IMAGE", [1, 2], "BYTES")
     tensor.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=np.object_))
     _fails(client, "face_detector", [tensor], "INVALID_ARGUMENT",
-           "unexpected shape for input 'IMAGE' for model 'face_detector'. Expected [-1,1], got [1,2]")
+           "unexpected shape for input 'IMAGE' for model 'face_detector'. "
+           "Expected [-1,1], got [1,2]")
 
 
 def test_batch_larger_than_max_batch_size(client):
@@ -120,9 +125,9 @@ def test_unknown_model_and_version(client):
 
 
 def test_raw_byte_size_mismatch(triton_url):
+    import grpc
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc
-    import grpc
 
     with grpc.insecure_channel(triton_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

@@ -53,7 +53,7 @@ def test_sixteen_concurrent_requests_are_batched_and_unmixed(triton_url, images)
         results = asyncio.run(concurrently())
         after = _batch_sizes(client, "centerface")
 
-    for i, (result, want) in enumerate(zip(results, expected)):
+    for i, (result, want) in enumerate(zip(results, expected, strict=True)):
         assert result.get_response().id == str(i)
         got = detections(result)
         assert len(got.boxes) == len(want.boxes), f"request {i}"

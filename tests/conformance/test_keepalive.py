@@ -32,7 +32,7 @@ def _ping_every_second(url: str, pings: int) -> h2.events.ConnectionTerminated |
                 sock.settimeout(left)
                 try:
                     data = sock.recv(65535)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 if not data:
                     return None

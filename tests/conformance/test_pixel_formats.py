@@ -29,8 +29,11 @@ def _png16_rgb(rgb16: np.ndarray) -> bytes:
     """A 16-bit-per-sample RGB PNG (Pillow does not write them), written by hand."""
     height, width, _ = rgb16.shape
     rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(height))
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
-                                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
             + chunk(b"IEND", b""))
@@ -104,6 +107,6 @@ def test_format_gives_the_detections_of_its_8_bit_conversion(client, variants, n
     found, expected = detections(result, 0), detections(result, 1)
     assert len(expected.boxes) == 1, "the reference conversion shows the face"
     assert len(found.boxes) == len(expected.boxes), name
-    for box, ref in zip(found.boxes, expected.boxes):
+    for box, ref in zip(found.boxes, expected.boxes, strict=True):
         assert reference.iou(box, ref) >= 0.9, name
     np.testing.assert_allclose(found.scores, expected.scores, atol=0.05)

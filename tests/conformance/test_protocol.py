@@ -14,12 +14,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from detect_stack.servers import TRITON
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from detect_stack.detector_client import image_input
+from detect_stack.servers import TRITON
 
 
 class SyncAdapter:
@@ -89,7 +89,8 @@ def test_model_metadata(client, backend):
     assert meta.name == "face_detector"
     assert meta.platform == "ensemble"
     assert list(meta.versions) == ["1"]
-    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("IMAGE", "BYTES", [-1, 1])]
+    inputs = [(t.name, t.datatype, list(t.shape)) for t in meta.inputs]
+    assert inputs == [("IMAGE", "BYTES", [-1, 1])]
     outputs = {t.name: (t.datatype, list(t.shape)) for t in meta.outputs}
     assert outputs == {
         "num_detections": ("INT32", [-1, 1]),

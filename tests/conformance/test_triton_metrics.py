@@ -29,10 +29,11 @@ def test_families_and_labels_are_tritons(tmp_path, backend):
             assert set(labels) == {"model", "version", "reason"}
         elif name.startswith("nv_inference_"):
             assert set(labels) == {"model", "version"}, (name, labels)
-    assert {(l["model"], l["reason"]) for n, l, _ in samples
+    assert {(labels["model"], labels["reason"]) for n, labels, _ in samples
             if n == "nv_inference_request_failure"} == {(m, r) for m in MODELS
                                                         for r in FAILURE_REASONS}
-    pending = {l["model"] for n, l, _ in samples if n == "nv_inference_pending_request_count"}
+    pending = {labels["model"] for n, labels, _ in samples
+               if n == "nv_inference_pending_request_count"}
     assert pending == MODELS
     assert value(samples, "nv_inference_pending_request_count") == 0
     # Deviation: localtriton does not export Triton's host metrics.
@@ -51,7 +52,10 @@ def test_counters_move_exactly(tmp_path, images, backend):
             with pytest.raises(InferenceServerException):
                 client.infer("face_detector", [image_input(b"not an image")])
         after = scrape(port)
-    count = lambda name, **labels: value(after, name, **labels)
+
+    def count(name: str, **labels: str) -> float:
+        return value(after, name, **labels)
+
     assert count("nv_inference_request_success", model="face_detector") == 4
     assert count("nv_inference_count", model="face_detector") == 5
     assert count("nv_inference_count", model="centerface") == 5

@@ -95,7 +95,8 @@ def test_server_refuses_to_start_on_a_broken_repository(tmp_path: Path):
     shutil.copy(MODEL_REPOSITORY / "centerface/1/model.onnx", repo / "centerface/1/model.onnx")
     config = repo / "postprocess" / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "num_detections"', 'name: "count"'))
-    proc = subprocess.run([sys.executable, "-m", "detect_localtriton", "--model-repository", str(repo),
-                           "--grpc-port", "0"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "detect_localtriton",
+                           "--model-repository", str(repo), "--grpc-port", "0"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "unknown output 'num_detections'" in proc.stderr

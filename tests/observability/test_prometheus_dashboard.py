@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -14,10 +13,9 @@ import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_observability import prometheus as prom_config
 from detect_stack.servers import ROOT, free_port, running
 from detect_stack.stack import admin_post, stack
-
-from detect_observability import prometheus as prom_config
 
 DASHBOARD = json.loads((ROOT / "observability" / "dashboard.json").read_text())
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -71,11 +69,14 @@ def test_every_dashboard_query_returns_data(tmp_path, backend):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
                 return r.status == 200
 
+        def targets_up() -> int:
+            url = f"http://127.0.0.1:{port}/api/v1/targets"
+            targets = json.loads(urllib.request.urlopen(url, timeout=5).read())
+            return len([t for t in targets["data"]["activeTargets"] if t["health"] == "up"])
+
         with running(args, tmp_path / "prometheus.log", ready):
             deadline = time.monotonic() + 30
-            while len([t for t in json.loads(urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).read())["data"]["activeTargets"]
-                    if t["health"] == "up"]) < 5:
+            while targets_up() < 5:
                 assert time.monotonic() < deadline, "Prometheus never reached every target"
                 time.sleep(0.5)
             _traffic(s)
@@ -86,5 +87,6 @@ def test_every_dashboard_query_returns_data(tmp_path, backend):
             ratio = query(port, 'sum(rate(nv_inference_count{model="centerface"}[1m])) / '
                                 'sum(rate(nv_inference_exec_count{model="centerface"}[1m]))')
             assert float(ratio[0]["value"][1]) > 1.0, "no batching seen under load"
-            per_replica = query(port, 'sum by (instance) (increase(nv_inference_request_success{model="face_detector"}[1m]))')
+            per_replica = query(port, 'sum by (instance) (increase('
+                                      'nv_inference_request_success{model="face_detector"}[1m]))')
             assert len(per_replica) == 2

@@ -22,7 +22,8 @@ def _variants(images: dict[str, bytes]) -> list[bytes]:
         buffer = BytesIO()
         astronaut.resize((256 + 32 * i, 256 + 32 * i)).save(buffer, format="JPEG")
         out.append(buffer.getvalue())
-    return out + [images["coffee.png"], images["rocket.jpg"], images["chelsea.png"], images["camera.png"]]
+    return out + [images[name]
+                  for name in ("coffee.png", "rocket.jpg", "chelsea.png", "camera.png")]
 
 
 def _answers(target: str, payloads: list[bytes], workers: int) -> list:
@@ -52,7 +53,7 @@ def test_concurrent_calls_are_batched_and_unmixed(tmp_path, triton_url, proxy_ta
                metrics_port=metrics_port) as (target, _):
         got = _answers(target, payloads, workers=16)
         samples = scrape(metrics_port)
-    for i, (want, have) in enumerate(zip(expected, got)):
+    for i, (want, have) in enumerate(zip(expected, got, strict=True)):
         assert not isinstance(have, grpc.StatusCode), (i, have)
         assert len(have.detections) == len(want.detections), i
         assert _boxes(have) == pytest.approx(_boxes(want), abs=0.5), i

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from detect_proxy.batcher import MicroBatcher
-from detect_proxy.models import DetectorModel
 from detect_proxy.infer_request import RequestTemplate
+from detect_proxy.models import DetectorModel
 
 MODEL = DetectorModel("det", "IMAGE", True, 8, (), RequestTemplate("det", "IMAGE", True, ()))
 

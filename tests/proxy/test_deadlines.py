@@ -34,7 +34,7 @@ def test_short_deadline_is_deadline_exceeded_promptly(detector, slow_image, prox
     # The proxy's log (and its metrics, from the same code) say so too, not CANCELLED.
     log = proxy_server[1]
     wait_for(lambda: '"request_id":"rid-deadline"' in log.log(), 5, "the call's log line")
-    [line] = [json.loads(l) for l in log.log().splitlines() if '"rid-deadline"' in l]
+    [line] = [json.loads(entry) for entry in log.log().splitlines() if '"rid-deadline"' in entry]
     assert line["code"] == "DEADLINE_EXCEEDED", line
 
 

@@ -34,7 +34,8 @@ def test_list(proxy_target):
 def test_describe(proxy_target):
     out = grpcurl("-plaintext", proxy_target, "describe", "detect.v1.Detector")
     assert out.returncode == 0, out.stderr
-    assert "rpc Detect ( .detect.v1.DetectRequest ) returns ( .detect.v1.DetectResponse )" in out.stdout
+    assert ("rpc Detect ( .detect.v1.DetectRequest ) returns ( .detect.v1.DetectResponse )"
+            in out.stdout)
     out = grpcurl("-plaintext", proxy_target, "describe", "detect.v1.DetectRequest")
     assert "bytes image = 1;" in out.stdout and "float min_score = 3;" in out.stdout
 

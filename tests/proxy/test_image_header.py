@@ -16,7 +16,8 @@ LIMITS = ImageLimits()
 
 def encode(fmt: str, size=(123, 45), mode="RGB", **options) -> bytes:
     buffer = BytesIO()
-    Image.new(mode, size, (10, 20, 30) if mode == "RGB" else None).save(buffer, format=fmt, **options)
+    color = (10, 20, 30) if mode == "RGB" else None
+    Image.new(mode, size, color).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 

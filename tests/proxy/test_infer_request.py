@@ -14,7 +14,8 @@ from detect_proxy.infer_request import RequestTemplate
 OUTPUTS = tuple(CONTRACT_OUTPUTS)
 
 
-def tritonclient_request(images: list[bytes], batching: bool, request_id: str) -> pb.ModelInferRequest:
+def tritonclient_request(images: list[bytes], batching: bool,
+                         request_id: str) -> pb.ModelInferRequest:
     """The reference: what tritonclient's infer() would send for the same call."""
     shape = [len(images), 1] if batching else [1]
     tensor = grpcclient.InferInput("IMAGE", shape, "BYTES")
@@ -35,7 +36,8 @@ def tritonclient_request(images: list[bytes], batching: bool, request_id: str) -
 ])
 def test_bytes_parse_to_the_same_request_as_tritonclients(batching, images, request_id):
     built = RequestTemplate("det", "IMAGE", batching, OUTPUTS).build(images, request_id)
-    assert pb.ModelInferRequest.FromString(built) == tritonclient_request(images, batching, request_id)
+    expected = tritonclient_request(images, batching, request_id)
+    assert pb.ModelInferRequest.FromString(built) == expected
 
 
 def test_heads_are_reused_per_batch_size():

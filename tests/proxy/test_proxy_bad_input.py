@@ -51,7 +51,8 @@ CASES = {
                                 grpc.StatusCode.INVALID_ARGUMENT, ["max_detections must be >= 0"]),
     "unknown model": (dict(image=_png_header(10, 10), model="cat_detector"),
                       grpc.StatusCode.NOT_FOUND,
-                      ["model 'cat_detector' is not served; available models: face_detector, null_detector"]),
+                      ["model 'cat_detector' is not served; "
+                       "available models: face_detector, null_detector"]),
     "not a detector": (dict(image=_png_header(10, 10), model="centerface"),
                        grpc.StatusCode.INVALID_ARGUMENT, ["model 'centerface' is not a detector"]),
     "corrupt body": (dict(image=_png_header(64, 64) + b"\x00\x00\x00\x10IDATgarbage"),

@@ -9,6 +9,7 @@ from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_stack.promtext import scrape, value
 from detect_stack.servers import free_port, proxy
 
+
 def test_counts_by_code(tmp_path, triton_url, images):
     metrics_port = free_port()
     with proxy(tmp_path, triton_url, metrics_port=metrics_port) as (target, _):

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import signal
 import time
-from io import BytesIO
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 
 import grpc
-
+from grpc_health.v1 import health_pb2
 from PIL import Image
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
-from grpc_health.v1 import health_pb2
-
 from detect_stack.servers import health_status, proxy
 
 

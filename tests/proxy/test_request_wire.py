@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detect.v1 import detect_pb2
 from detect_proxy import request_wire
@@ -60,14 +61,16 @@ def test_truncated_requests_are_judged_like_protobuf(request, cut):
 
 
 def test_the_image_is_a_view_into_the_received_bytes():
-    data = detect_pb2.DetectRequest(image=b"\x89PNG" + bytes(100_000), model="m").SerializeToString()
+    data = detect_pb2.DetectRequest(image=b"\x89PNG" + bytes(100_000),
+                                    model="m").SerializeToString()
     request, image = request_wire.parse(data)
     assert isinstance(image, memoryview) and image.obj is data
     assert request.model == "m" and not request.image
 
 
 def test_unknown_fields_and_bad_utf8_follow_protobuf():
-    unknown = detect_pb2.DetectRequest(image=b"img").SerializeToString() + b"\xa0\x06\x07"  # field 100
+    unknown = (detect_pb2.DetectRequest(image=b"img").SerializeToString()
+               + b"\xa0\x06\x07")  # field 100
     _same(unknown)
     bad_model = b"\x12\x02\xff\xfe" + detect_pb2.DetectRequest(image=b"img").SerializeToString()
     assert request_wire.parse(bad_model) is None and _reference(bad_model) is None

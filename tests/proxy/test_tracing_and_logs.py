@@ -77,7 +77,8 @@ def test_span_per_detect_with_upstream_child_and_context_at_the_backend(in_proce
     expected = f"traceparent=00-{TRACE_ID}-{client.context.span_id:016x}-01"
     deadline = time.monotonic() + 5
     while True:
-        lines = [l for l in verbose_backend[1].log().splitlines() if "id=rid-trace-1" in l]
+        lines = [line for line in verbose_backend[1].log().splitlines()
+                 if "id=rid-trace-1" in line]
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -107,7 +108,7 @@ def test_one_json_line_per_call(tmp_path, triton_url, images):
                 stub.Detect(detect_pb2.DetectRequest(image=b"zz"), timeout=10,
                             metadata=[("x-request-id", "rid-log-bad")])
         time.sleep(0.2)
-        entries = [json.loads(l) for l in proc.log().splitlines() if l.startswith("{")]
+        entries = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
     calls = {e["request_id"]: e for e in entries if e.get("message") == "Detect"}
     ok, bad = calls["rid-log-ok"], calls["rid-log-bad"]
     assert (ok["model"], ok["code"], ok["client"]) == ("face_detector", "OK", "alpha")

@@ -108,7 +108,10 @@ def test_overload_sheds_at_once_and_admitted_calls_stay_bounded(tmp_path, triton
     # admitted work (those take 100+ ms), though a busy event loop may delay a few by ~10 ms.
     refused = value(samples, "rpc_server_duration_milliseconds_count", status="RESOURCE_EXHAUSTED")
     assert refused == len(shed)
-    within = lambda le: value(samples, "rpc_server_duration_milliseconds_bucket",
-                              status="RESOURCE_EXHAUSTED", le=le)
+
+    def within(le: str) -> float:
+        return value(samples, "rpc_server_duration_milliseconds_bucket",
+                     status="RESOURCE_EXHAUSTED", le=le)
+
     assert within("2") >= 0.95 * refused and within("50") == refused
     assert float(np.percentile(admitted, 99)) < 2.0

@@ -97,7 +97,8 @@ def test_property_only_expected_codes_and_flat_memory(tmp_path, triton_url):
     # gRPC's and the allocator's caches still move it by up to ~10 MiB between runs (a
     # 30,000-call run of the same traffic levels off within 2 MiB); a leak keeps climbing.
     start, end = sorted(samples[:3])[1], sorted(samples[-3:])[1]
-    assert end < start + max(start * 0.10, 12 * 1024), f"RSS grew from {start} KiB to {end} KiB: {samples}"
+    assert end < start + max(start * 0.10, 12 * 1024), (
+        f"RSS grew from {start} KiB to {end} KiB: {samples}")
 
 
 def _raw_grpc(target: str, body: bytes) -> dict[str, str]:

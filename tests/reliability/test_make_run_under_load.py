@@ -148,7 +148,10 @@ def test_open_loop_at_3x_capacity_refuses_the_excess_at_once_and_recovers(run, r
     assert goodput >= 0.75 * calm_rate, (goodput, calm_rate, codes)
     assert codes["RESOURCE_EXHAUSTED"] >= 0.3 * sent, codes
     # Refusals come within milliseconds, measured inside the proxies.
-    delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
     refused = delta("rpc_server_duration_milliseconds_count", status="RESOURCE_EXHAUSTED")
     fast = delta("rpc_server_duration_milliseconds_bucket", status="RESOURCE_EXHAUSTED", le="20")
     assert refused >= codes["RESOURCE_EXHAUSTED"] and fast >= 0.99 * refused, (fast, refused)
