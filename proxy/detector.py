@@ -9,7 +9,9 @@ metrics and the access log; ``admission`` the upstream slots; ``batcher`` aggreg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -101,15 +103,8 @@ class DetectorService:
         validate_fields(request)
         info = self._inspect(image)
         model = await self._catalogue.get(self.model_name(request))
-        try:
-            async with self._admission.slot(self._remaining(context)):
-                result, row = await self._send(model, image, context)
-        except AtCapacity as exc:
-            self._telemetry.rejected.add(1, {"reason": "at_capacity"})
-            raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"the service is at capacity: the expected wait "
-                             f"({exc.expected_wait_s:.1f}s) is longer than this call can wait "
-                             f"({exc.affordable_s:.1f}s); retry with backoff") from None
+        async with self._admitted(context):
+            result, row = await self._send(model, image, context)
         return build_response(result, row, model, info, request)
 
     def model_name(self, request: detect_pb2.DetectRequest) -> str:
@@ -122,6 +117,20 @@ class DetectorService:
         except ImageRejected as exc:
             self._telemetry.rejected.add(1, {"reason": "invalid_image"})
             raise invalid(str(exc)) from None
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, context: Context) -> AsyncIterator[None]:
+        """An upstream slot, or RESOURCE_EXHAUSTED at once when the wait for one would not
+        fit the call's deadline."""
+        try:
+            async with self._admission.slot(self._remaining(context)):
+                yield
+        except AtCapacity as exc:
+            self._telemetry.rejected.add(1, {"reason": "at_capacity"})
+            raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"the service is at capacity: the expected wait "
+                             f"({exc.expected_wait_s:.1f}s) is longer than this call can wait "
+                             f"({exc.affordable_s:.1f}s); retry with backoff") from None
 
     async def _send(self, model: DetectorModel, image: Image,
                     context: Context) -> tuple[InferResult, int]:
