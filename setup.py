@@ -3,6 +3,12 @@
 The generated modules (package ``detect``) are never committed or edited by hand; this hook
 and ``make protos`` are the only producers, so ``pip install`` of this project from source
 gives other services importable stubs (``from detect.v1 import detect_pb2_grpc``).
+
+Beside each proto's modules goes ``<name>_descriptor_set.pb``, the FileDescriptorSet of the
+proto and its imports *with their comments* (source info): the compiled modules carry no
+comments, and the proxy's server reflection serves this set so that ``grpcurl describe``
+shows the API's documentation (``detect_proxy.reflection``). It ships in the wheel as
+package data.
 """
 
 from pathlib import Path
@@ -11,6 +17,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+
+# detect/v1/detect.proto -> detect/v1/detect_descriptor_set.pb (read by detect_proxy.reflection)
+DESCRIPTOR_SET_SUFFIX = "_descriptor_set.pb"
 
 
 def generate_stubs() -> None:
@@ -21,8 +30,12 @@ def generate_stubs() -> None:
     include = Path(grpc_tools.__file__).parent / "_proto"
     for proto in sorted(protos.rglob("*.proto")):
         rel = proto.relative_to(protos)
+        descriptor_set = ROOT / rel.parent / f"{rel.stem}{DESCRIPTOR_SET_SUFFIX}"
+        descriptor_set.parent.mkdir(parents=True, exist_ok=True)
         args = ["grpc_tools.protoc", f"-I{protos}", f"-I{include}", f"--python_out={ROOT}",
-                f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}", str(rel)]
+                f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}",
+                "--include_source_info", "--include_imports",
+                f"--descriptor_set_out={descriptor_set}", str(rel)]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed for {rel}")
         package = ROOT / rel.parent

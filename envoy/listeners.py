@@ -1,12 +1,14 @@
 """The listeners: where callers come in (front), where the proxies reach Triton (egress), and
 what scrapers and probes may see (ops).
 
-Front: TLS (optionally mTLS with an RBAC allowlist), local rate limits, the request size
-limit (answered like the proxy's own, INVALID_ARGUMENT naming the limit), a route timeout
-from grpc-timeout with a maximum, gRPC stats, a JSON access log and x-request-id, routing to
-the proxies. Egress, on loopback: retries of calls lost with their replica, routing to
-Triton. Ops (optional, plaintext): Envoy's Prometheus page, the proxy's /metrics and the
-proxies' gRPC health Check, and nothing else.
+Front: TLS (optionally mTLS with an RBAC allowlist), gRPC health that fails while Envoy is
+failing health checks, local rate limits, the request size limit (answered like the proxy's
+own, INVALID_ARGUMENT naming the limit), a route timeout from grpc-timeout with a maximum,
+gRPC stats (tagged with whole service and method names: stats_config), a JSON access log and
+x-request-id, routing to the proxies. Egress, on loopback: retries of calls lost with their
+replica, routing to Triton (not drained by a failing health check). Ops (optional,
+plaintext): Envoy's Prometheus page, the proxy's /metrics and the proxies' gRPC health
+Check, and nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from detect_proxy.contract import SERVICE
 # a few attempts are not enough to get away from it before health checks notice.
 HOST_SELECTION_ATTEMPTS: Final = 20
 
+HEALTH_CHECK_PATH: Final = "/grpc.health.v1.Health/Check"
+DRAINING_MESSAGE: Final = ("this Envoy is failing health checks (draining): send calls to "
+                           "another instance")
+
 HTTP2_OPTIONS: Final[dict[str, int]] = {"max_concurrent_streams": 1024,
                                         "initial_stream_window_size": 1 << 20,
                                         "initial_connection_window_size": 16 << 20}
@@ -35,7 +41,8 @@ HTTP2_OPTIONS: Final[dict[str, int]] = {"max_concurrent_streams": 1024,
 
 def front_listener(config: StackConfig) -> dict[str, Any]:
     """TLS from callers to the proxies, through the filters in _front_filters' order."""
-    options: dict[str, Any] = {"local_reply_config": _too_large_reply(config.max_request_bytes)}
+    options: dict[str, Any] = {"local_reply_config": {"mappers": [
+        _too_large_reply(config.max_request_bytes), _failing_health_reply()]}}
     if config.max_connection_duration_s:
         options["common_http_protocol_options"] = {
             "max_connection_duration": duration(config.max_connection_duration_s)}
@@ -56,6 +63,9 @@ def _front_filters(config: StackConfig) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if config.mtls:
         filters += _client_identity(config.allowed_clients)
+    # Before the rate limits: a failing Envoy's health answer is immediate, never a
+    # RESOURCE_EXHAUSTED that a load balancer would read as something else.
+    filters.append(_health_while_failing())
     filters += rate_limit_filters(config)
     # Buffers whole requests (unless a route disables it), refusing larger ones with 413.
     filters.append(extension("envoy.filters.http.buffer", "Buffer",
@@ -113,7 +123,7 @@ def _front_routes(config: StackConfig) -> list[dict[str, Any]]:
 def _too_large_reply(limit: int) -> dict[str, Any]:
     """Envoy's own size limit answers as the proxy's does: INVALID_ARGUMENT naming the limit
     (for gRPC, Envoy would derive UNKNOWN from HTTP 413 and say "Payload Too Large")."""
-    return {"mappers": [{
+    return {
         "filter": {"status_code_filter": {"comparison": {
             "op": "EQ", "value": {"default_value": 413, "runtime_key": "detect.too_large_code"}}}},
         "headers_to_add": [{"header": {"key": "grpc-status", "value": "3"},
@@ -121,7 +131,28 @@ def _too_large_reply(limit: int) -> dict[str, Any]:
         # A gRPC local reply carries its body as grpc-message.
         "body": {"inline_string": f"request is larger than the limit of {limit} bytes; "
                                   "send a smaller image"},
-    }]}
+    }
+
+
+def _health_while_failing() -> dict[str, Any]:
+    """gRPC health Checks through the front follow the proxies while this Envoy is healthy
+    (pass-through: the proxies answer SERVING or NOT_SERVING), and are answered by Envoy
+    itself once an operator fails it (``POST /healthcheck/fail``), so a load balancer in
+    front takes this Envoy out of rotation while it keeps serving the calls still sent to it.
+    """
+    return extension(
+        "envoy.filters.http.health_check", "HealthCheck",
+        pass_through_mode=True,
+        headers=[{"name": ":path", "string_match": {"exact": HEALTH_CHECK_PATH}}])
+
+
+def _failing_health_reply() -> dict[str, Any]:
+    """Envoy's answer to a health Check while it fails health checks is HTTP 503, which a
+    gRPC caller gets as UNAVAILABLE; the message says why."""
+    return {
+        "filter": {"response_flag_filter": {"flags": ["LH"]}},
+        "body": {"inline_string": DRAINING_MESSAGE},
+    }
 
 
 def _tls(config: StackConfig) -> dict[str, Any]:
@@ -157,6 +188,9 @@ def egress_listener(config: StackConfig) -> dict[str, Any]:
         "name": "triton_egress",
         "address": address(f"127.0.0.1:{config.egress_port}"),
         "traffic_direction": "OUTBOUND",
+        # `POST /healthcheck/fail` drains callers off the front (GOAWAY after each call);
+        # the proxies' pooled connections to Triton stay up meanwhile.
+        "drain_type": "MODIFY_ONLY",
         "filter_chains": [{"filters": [hcm]}],
     }
 
@@ -193,7 +227,7 @@ def ops_listener(config: StackConfig) -> dict[str, Any]:
     listener tells whether Envoy is up and has a SERVING proxy behind it."""
     routes: list[dict[str, Any]] = [
         {"match": {"path": "/stats/prometheus"}, "route": {"cluster": clusters.ADMIN}},
-        {"match": {"path": "/grpc.health.v1.Health/Check", "grpc": {}},
+        {"match": {"path": HEALTH_CHECK_PATH, "grpc": {}},
          "route": {"cluster": clusters.PROXY, "timeout": "5s"}},
     ]
     if config.proxy_metrics:
@@ -210,6 +244,59 @@ def ops_listener(config: StackConfig) -> dict[str, Any]:
         "name": "ops",
         "address": address(f"{config.front_address}:{config.ops_port}"),
         "filter_chains": [{"filters": [hcm]}],
+    }
+
+
+# ---------------------------------------------------------------- stats
+
+# The tags Envoy takes out of its stat names (Prometheus labels), by the names Envoy gives its
+# default extractors (each with its default regex), all but the gRPC service and method.
+DEFAULT_TAGS: Final[tuple[str, ...]] = (
+    "envoy.cluster_name", "envoy.listener_address", "envoy.http_conn_manager_prefix",
+    "envoy.http_user_agent", "envoy.virtual_host", "envoy.virtual_cluster", "envoy.route",
+    "envoy.rds_route_config", "envoy.scoped_rds_config", "envoy.response_code",
+    "envoy.response_code_class", "envoy.worker_id", "envoy.ssl_cipher", "cipher_suite",
+    "envoy.ssl_curve", "envoy.ssl_sigalg", "envoy.ssl_version", "envoy.tls_certificate",
+    "envoy.xds_resource_name", "envoy.local_http_ratelimit_prefix",
+    "envoy.local_network_ratelimit_prefix", "envoy.local_listener_ratelimit_prefix",
+    "envoy.ratelimit_prefix", "envoy.connection_limit_prefix", "envoy.rbac_prefix",
+    "envoy.rbac_http_prefix", "envoy.rbac_policy_name", "envoy.ext_authz_prefix",
+    "envoy.fault_downstream_cluster", "envoy.google_grpc_client_prefix",
+    "envoy.proxy_protocol_prefix", "envoy.proxy_protocol_version", "envoy.clientssl_prefix",
+    "envoy.tcp_prefix", "envoy.udp_prefix", "envoy.dns_filter_prefix", "envoy.thrift_prefix",
+    "envoy.redis_prefix", "envoy.mongo_prefix", "envoy.mongo_cmd", "envoy.mongo_collection",
+    "envoy.mongo_callsite", "envoy.dynamo_operation", "envoy.dynamo_table",
+    "envoy.dynamo_partition_id",
+)
+GRPC_SERVICE_TAG: Final = "envoy.grpc_bridge_service"
+GRPC_METHOD_TAG: Final = "envoy.grpc_bridge_method"
+# grpc_stats names a call's stats cluster.<cluster>.grpc.<service>.<method>.<stat>, where the
+# service is dotted (detect.v1.Detector), the method is one token (Detect) and so is the stat
+# (total, success, failure, a status code, ...). The first group is what leaves the name,
+# the second the tag's value.
+GRPC_SERVICE_REGEX: Final = r"^cluster\.[^.]+\.grpc\.((.+)\.)[^.]+\.[^.]+$"
+GRPC_METHOD_REGEX: Final = r"^cluster\.[^.]+\.grpc\..+\.(([^.]+)\.)[^.]+$"
+
+
+def stats_config() -> dict[str, Any]:
+    """Envoy's default tags, except that the front's per-method gRPC stats are tagged with the
+    whole service and method names.
+
+    Envoy's default extractors take one dot-separated token each for the gRPC service and
+    method, so ``/detect.v1.Detector/Detect`` was counted as service ``detect``, method
+    ``v1``, in series named ``envoy_cluster_grpc_Detector_Detect_*``: one family per method,
+    labels that tell nothing. A default extractor cannot be replaced while the defaults are
+    on (Envoy refuses a tag name given twice), so the defaults are named one by one and the
+    two gRPC tags get their own regexes: ``envoy_cluster_grpc_total{envoy_grpc_bridge_service=
+    "detect.v1.Detector", envoy_grpc_bridge_method="Detect"}``.
+    """
+    return {
+        "use_all_default_tags": False,
+        "stats_tags": [
+            *({"tag_name": name} for name in DEFAULT_TAGS),
+            {"tag_name": GRPC_SERVICE_TAG, "regex": GRPC_SERVICE_REGEX},
+            {"tag_name": GRPC_METHOD_TAG, "regex": GRPC_METHOD_REGEX},
+        ],
     }
 
 

@@ -5,6 +5,7 @@ One Envoy process has:
   loopback for the proxies (listeners.py), over the proxy and Triton clusters (clusters.py);
 - the local rate-limit tiers of the front listener and their runtime keys (ratelimits.py);
 - the admin interface, on loopback only;
+- the tags Envoy's stats carry as Prometheus labels (listeners.stats_config);
 - optionally (``--ops-port``) a plaintext operations listener for a pod or a host: Envoy's
   ``/stats/prometheus``, the proxy's ``/metrics`` and the proxies' gRPC health ``Check``,
   and nothing else of the admin interface, for scrapers and probes that cannot reach
@@ -28,7 +29,7 @@ import yaml
 from detect_envoy import ratelimits
 from detect_envoy.certs import SDS_FILE
 from detect_envoy.clusters import ops_clusters, proxy_cluster, triton_cluster
-from detect_envoy.listeners import egress_listener, front_listener, ops_listener
+from detect_envoy.listeners import egress_listener, front_listener, ops_listener, stats_config
 from detect_envoy.settings import StackConfig
 from detect_envoy.typed import address, extension
 
@@ -50,6 +51,7 @@ def render(config: StackConfig) -> dict[str, Any]:
                                      path="/dev/null")],
         },
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        "stats_config": stats_config(),
         "overload_manager": {"resource_monitors": [extension(
             "envoy.resource_monitors.global_downstream_max_connections",
             "DownstreamConnectionsConfig", max_active_downstream_connections=50000)]},
@@ -101,9 +103,9 @@ def _default(f: Field[Any]) -> Any:
 
 
 def _shown(default: Any) -> str:
-    """How --help shows a setting's default."""
+    """How --help shows a setting's default (or that it has none and must be given)."""
     if default is MISSING:
-        return ""
+        return " (required)"
     if isinstance(default, bool):
         text = "on" if default else "off"
     elif isinstance(default, list):

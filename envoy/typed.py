@@ -21,6 +21,7 @@ MESSAGES: Final[dict[str, str]] = {
     # HTTP filters, in the order the front listener runs them
     "HeaderMutation": "filters.http.header_mutation.v3.HeaderMutation",
     "RBAC": "filters.http.rbac.v3.RBAC",
+    "HealthCheck": "filters.http.health_check.v3.HealthCheck",
     "LocalRateLimit": "filters.http.local_ratelimit.v3.LocalRateLimit",
     "Buffer": "filters.http.buffer.v3.Buffer",
     "BufferPerRoute": "filters.http.buffer.v3.BufferPerRoute",

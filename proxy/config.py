@@ -37,6 +37,9 @@ class ProxyConfig:
         2, "persistent HTTP/2 connections to Triton shared by all callers")
     default_model: str = setting(
         "face_detector", "model used when a request names none")
+    exposed_models: str = setting(
+        "", "comma-separated models callers may use (ListModels lists them; others answer "
+            "NOT_FOUND); empty: every ensemble the model server has")
     max_image_bytes: int = setting(
         contract.MAX_IMAGE_BYTES, "largest encoded image accepted, in bytes")
     max_image_width: int = setting(
@@ -95,6 +98,10 @@ class ProxyConfig:
         "none", "where spans go: none (trace context is still forwarded) or console")
     log_level: str = setting(
         "info", "debug, info (a JSON line per call), warning or error")
+
+    @property
+    def exposed(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.exposed_models.split(",") if name.strip())
 
     @property
     def image_limits(self) -> ImageLimits:

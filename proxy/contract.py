@@ -15,6 +15,7 @@ from detect.v1 import detect_pb2
 DETECTOR: Final = detect_pb2.DESCRIPTOR.services_by_name["Detector"]
 SERVICE: Final[str] = DETECTOR.full_name  # "detect.v1.Detector"
 DETECT: Final[str] = DETECTOR.methods_by_name["Detect"].name
+LIST_MODELS: Final[str] = DETECTOR.methods_by_name["ListModels"].name
 DETECT_PATH: Final[str] = f"/{SERVICE}/{DETECT}"
 
 # Detector outputs: tensor name -> KServe v2 datatype. Row r of a batched answer is image r.

@@ -107,6 +107,16 @@ class DetectorService:
             result, row = await self._send(model, image, context)
         return build_response(result, row, model, info, request)
 
+    async def ListModels(self, request: detect_pb2.ListModelsRequest,
+                         context: Context) -> detect_pb2.ListModelsResponse:
+        limits = detect_pb2.ImageLimits(max_bytes=self._limits.max_bytes,
+                                        max_width=self._limits.max_width,
+                                        max_height=self._limits.max_height)
+        return detect_pb2.ListModelsResponse(default_model=self._default_model, models=[
+            detect_pb2.ModelInfo(name=entry.model.name, versions=entry.versions,
+                                 labels=entry.model.labels, limits=limits)
+            for entry in await self._catalogue.listing()])
+
     def model_name(self, request: detect_pb2.DetectRequest) -> str:
         return request.model or self._default_model
 
@@ -158,4 +168,8 @@ def method_handlers(service: DetectorService, observer: CallObserver) -> grpc.Ge
             observer.observe(contract.DETECT, service.Detect),
             request_deserializer=parse_request,
             response_serializer=detect_pb2.DetectResponse.SerializeToString),
+        contract.LIST_MODELS: grpc.unary_unary_rpc_method_handler(
+            observer.observe(contract.LIST_MODELS, service.ListModels),
+            request_deserializer=detect_pb2.ListModelsRequest.FromString,
+            response_serializer=detect_pb2.ListModelsResponse.SerializeToString),
     })

@@ -91,7 +91,7 @@ class CallObserver:
                 self._in_flight -= 1
                 self._telemetry.in_flight.add(-1)
                 duration_ms = (time.perf_counter() - start) * 1000
-                label = model if self._known_model(model) else "(unknown)"
+                label = model if not model or self._known_model(model) else "(unknown)"
                 self._telemetry.record_call(method, label, code, duration_ms)
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code != grpc.StatusCode.OK:

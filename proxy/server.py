@@ -8,10 +8,9 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from . import contract
+from . import contract, reflection
 from .admission import Admission
 from .batcher import MicroBatcher
 from .catalogue import Catalogue
@@ -37,7 +36,7 @@ class DetectProxy:
         self.config = config
         self.telemetry = Telemetry(config.metrics_port, config.trace_exporter, span_exporter)
         self.upstream = Upstream(config, self.telemetry)
-        self.catalogue = Catalogue(self.upstream)
+        self.catalogue = Catalogue(self.upstream, config.exposed)
         self.admission = Admission(config.max_upstream_calls, config.max_queue_wait_ms / 1000)
         self.service = DetectorService(
             self.catalogue, self.admission,
@@ -74,18 +73,19 @@ class DetectProxy:
             "detect.health.serving", "1 while health reports SERVING",
             lambda: [(1 if self.watcher.serving else 0, {})])
 
-    def _describe(self, parsed: object) -> tuple[str, int]:
+    def _describe(self, request: object) -> tuple[str, int]:
         """(model, image bytes) of a call, for its span, metrics and log line."""
-        if not isinstance(parsed, tuple):
+        if request is None:  # a Detect body that did not parse
             return self.config.default_model, 0
-        request, image = parsed
-        return self.service.model_name(request), len(image)
+        if not isinstance(request, tuple):  # not a Detect call
+            return "", 0
+        detect, image = request
+        return self.service.model_name(detect), len(image)
 
     async def start(self) -> None:
         self.server.add_generic_rpc_handlers((method_handlers(self.service, self.observer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [contract.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        reflection.enable(self.server, [contract.SERVICE, health.SERVICE_NAME])
         port = self.server.add_insecure_port(self.config.listen)
         if not port:
             raise OSError(f"cannot listen on {self.config.listen}")

@@ -12,8 +12,10 @@ _SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$')
 Sample = tuple[str, dict[str, str], float]
 
 
-def scrape(port: int) -> list[Sample]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def scrape(port: int, path: str = "/metrics") -> list[Sample]:
+    """The samples a local endpoint exposes (Envoy's admin: ``path="/stats/prometheus"``)."""
+    url = f"http://127.0.0.1:{port}{path}"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     samples: list[Sample] = []
     for line in text.splitlines():
         match = _SAMPLE.match(line)

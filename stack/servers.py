@@ -147,6 +147,11 @@ def serving(target: str) -> bool:
     return health_status(target) == health_pb2.HealthCheckResponse.SERVING
 
 
+# The proxies these launchers start expose the benchmark model beside the detector (a
+# deployment's default exposes the ensembles only: `make run`, the manifests).
+EXPOSED_FOR_BENCHMARKS = "face_detector,null_detector"
+
+
 @contextlib.contextmanager
 def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
           metrics_port: int | None = None,
@@ -155,6 +160,8 @@ def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
     SERVING."""
     port = port or free_port()
     target = f"127.0.0.1:{port}"
+    if not any(f.startswith("--exposed-models") for f in flags):
+        flags = ("--exposed-models", EXPOSED_FOR_BENCHMARKS, *flags)
     args = [sys.executable, "-m", "detect_proxy", "--listen", target, "--triton-url", triton_url,
             "--metrics-port", str(metrics_port or 0), *flags]
     ready = (lambda: serving(target)) if wait_serving else (lambda: health_status(target) >= 0)

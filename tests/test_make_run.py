@@ -29,6 +29,9 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
         # An oversized image is INVALID_ARGUMENT naming the limit, whoever answers first.
         with run.channel() as channel:
             stub = detect_pb2_grpc.DetectorStub(channel)
+            # Callers see the detector only: pipeline steps and the benchmark model are hidden.
+            listed = stub.ListModels(detect_pb2.ListModelsRequest(), timeout=10)
+            assert [m.name for m in listed.models] == ["face_detector"]
             for size in (8 * 1024 * 1024 + 1, 20_000_000):
                 try:
                     stub.Detect(detect_pb2.DetectRequest(image=b"\x89PNG" + b"\x00" * size),

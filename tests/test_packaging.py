@@ -17,6 +17,8 @@ def test_wheel_carries_generated_stubs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"detect/__init__.py", "detect/v1/__init__.py", "detect/v1/detect_pb2.py",
             "detect/v1/detect_pb2_grpc.py", "detect_proxy/client.py"} <= names
+    # The comments of the API, which the proxy's server reflection serves.
+    assert "detect/v1/detect_descriptor_set.pb" in names
     assert not any(n.startswith(("tests/", "model_repository/")) for n in names)
     # Installed import names are distinctive: nothing squats `proxy` or `localtriton`.
     assert not any(n.startswith(("proxy/", "localtriton/")) for n in names)
@@ -27,5 +29,5 @@ def test_stubs_import_and_describe_the_api():
 
     service = detect_pb2.DESCRIPTOR.services_by_name["Detector"]
     assert service.full_name == "detect.v1.Detector"
-    assert [m.name for m in service.methods] == ["Detect"]
+    assert [m.name for m in service.methods] == ["Detect", "ListModels"]
     assert hasattr(detect_pb2_grpc, "DetectorStub")

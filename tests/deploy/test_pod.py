@@ -108,7 +108,7 @@ def pod(tmp_path_factory, dev_tls):
 def detect(channel: grpc.Channel) -> int:
     image = (TESTDATA / "astronaut.png").read_bytes()
     stub = detect_pb2_grpc.DetectorStub(channel)
-    reply = stub.Detect(detect_pb2.DetectRequest(image=image, model="null_detector"), timeout=10)
+    reply = stub.Detect(detect_pb2.DetectRequest(image=image), timeout=10)
     return len(reply.detections)
 
 

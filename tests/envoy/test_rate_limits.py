@@ -22,13 +22,15 @@ def limited(tmp_path, edge):
         yield e
 
 
-def _burst(e, client: str, count: int) -> list[grpc.StatusCode]:
+def _burst(e, client: str | None, count: int) -> list[grpc.StatusCode]:
+    """``count`` calls as ``client`` (``None``: anonymous, no x-client-id), their codes."""
     codes = []
+    metadata = [("x-client-id", client)] if client is not None else []
     with e.channel() as channel:
         stub = detect_pb2_grpc.DetectorStub(channel)
         for _ in range(count):
             try:
-                stub.Detect(EMPTY, timeout=5, metadata=[("x-client-id", client)])
+                stub.Detect(EMPTY, timeout=5, metadata=metadata)
             except grpc.RpcError as err:
                 codes.append(err.code())
     return codes
@@ -60,6 +62,18 @@ def test_global_bucket(limited):
     assert codes.count(grpc.StatusCode.INVALID_ARGUMENT) <= 41
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 7
     assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_anonymous_callers_share_only_the_global_bucket(limited):
+    """Without x-client-id no per-client bucket applies: anonymous calls go past the
+    per-client burst (8) and are limited only by the global bucket (40), which they can
+    use up for identified callers too."""
+    codes = _burst(limited, None, 45)
+    assert codes[:38] == [grpc.StatusCode.INVALID_ARGUMENT] * 38  # reached the proxy
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 3
+    # The global bucket is empty: a client within its own burst is limited all the same.
+    # (A refill of one token may land in between: at most one call gets through.)
+    assert _burst(limited, "alpha", 3).count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 2
 
 
 def test_runtime_tier_change_takes_effect_without_restart(limited):

@@ -14,6 +14,7 @@ import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_observability import prometheus as prom_config
+from detect_proxy.contract import DETECT, SERVICE
 from detect_stack.servers import ROOT, free_port, running
 from detect_stack.stack import admin_post, stack
 
@@ -84,6 +85,12 @@ def test_every_dashboard_query_returns_data(tmp_path, backend):
 
             empty = [e for e in expressions() if not query(port, e)]
             assert empty == [], f"dashboard queries without data: {empty}"
+            # Envoy's per-method series name the whole gRPC service and method.
+            methods = query(port, 'sum by (envoy_grpc_bridge_service, envoy_grpc_bridge_method) '
+                                  '(increase(envoy_cluster_grpc_total[1m]))')
+            assert (SERVICE, DETECT) in {(m["metric"].get("envoy_grpc_bridge_service"),
+                                          m["metric"].get("envoy_grpc_bridge_method"))
+                                         for m in methods}, methods
             ratio = query(port, 'sum(rate(nv_inference_count{model="centerface"}[1m])) / '
                                 'sum(rate(nv_inference_exec_count{model="centerface"}[1m]))')
             assert float(ratio[0]["value"][1]) > 1.0, "no batching seen under load"

@@ -65,7 +65,7 @@ def test_falls_back_to_metadata_when_model_config_is_unimplemented(triton_url):
 
 def test_unknown_and_non_detector_models(triton_url):
     async def body(real):
-        catalogue = Catalogue(real)
+        catalogue = Catalogue(real, exposed=("face_detector", "null_detector", "postprocess"))
         with pytest.raises(ProxyError) as err:
             await catalogue.get("nope")
         assert err.value.code == grpc.StatusCode.NOT_FOUND
@@ -74,4 +74,32 @@ def test_unknown_and_non_detector_models(triton_url):
             await catalogue.get("postprocess")
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "exactly one BYTES input" in err.value.message
+    _run(triton_url, body)
+
+
+def test_by_default_only_ensembles_are_exposed(triton_url):
+    """Pipeline steps and single benchmark models answer like missing ones."""
+    async def body(real):
+        catalogue = Catalogue(real)
+        assert (await catalogue.get("face_detector")).name == "face_detector"
+        for hidden in ("null_detector", "centerface", "preprocess", "postprocess"):
+            with pytest.raises(ProxyError) as err:
+                await catalogue.get(hidden)
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
+            assert err.value.message == (f"model '{hidden}' is not served; "
+                                         "available models: face_detector")
+        [listed] = await catalogue.listing()
+        assert (listed.model.name, listed.versions) == ("face_detector", ("1",))
+        assert not catalogue.known("null_detector")
+    _run(triton_url, body)
+
+
+def test_an_explicit_list_exposes_exactly_those(triton_url):
+    async def body(real):
+        catalogue = Catalogue(real, exposed=("null_detector",))
+        assert [e.model.name for e in await catalogue.listing()] == ["null_detector"]
+        with pytest.raises(ProxyError) as err:
+            await catalogue.get("face_detector")
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert err.value.message.endswith("available models: null_detector")
     _run(triton_url, body)

@@ -53,8 +53,10 @@ CASES = {
                       grpc.StatusCode.NOT_FOUND,
                       ["model 'cat_detector' is not served; "
                        "available models: face_detector, null_detector"]),
-    "not a detector": (dict(image=_png_header(10, 10), model="centerface"),
-                       grpc.StatusCode.INVALID_ARGUMENT, ["model 'centerface' is not a detector"]),
+    "pipeline step": (dict(image=_png_header(10, 10), model="centerface"),
+                      grpc.StatusCode.NOT_FOUND,
+                      ["model 'centerface' is not served; "
+                       "available models: face_detector, null_detector"]),
     "corrupt body": (dict(image=_png_header(64, 64) + b"\x00\x00\x00\x10IDATgarbage"),
                      grpc.StatusCode.INVALID_ARGUMENT,
                      ["model 'face_detector' rejected the image: image 0 could not be decoded"]),
