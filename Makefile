@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  := model_repository/centerface/1/model.onnx
 IMAGES := build/testdata/astronaut.png
-STUBS  := detect/v1/detect_pb2_grpc.py
+STUBS  := client/detect/v1/detect_pb2_grpc.py
+GENERATE_STUBS := cd client && ../$(BIN)/python -c 'import setup; setup.generate_stubs()'
 PYTEST_ARGS ?=
 CERTS  := build/certs/server-sds.json
 
@@ -39,12 +40,15 @@ endif
 
 all: venv protos models
 
-# The project venv is created once and reused; reinstalled when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The project venv is created once and reused; reinstalled when a pyproject.toml changes.
+# detect-client (client/: the stubs, the channel helper, the `detect` command) goes first:
+# the server's distribution depends on it.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet grpcio-tools
-	$(BIN)/python -c 'import setup; setup.generate_stubs()'  # before the install, so it maps them
+	$(GENERATE_STUBS)  # before the install, so that it maps them
+	$(BIN)/python -m pip install --quiet -e './client[draw]'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -68,10 +72,11 @@ triton: $(TRITON_STAMP)
 system-deps:
 	@command -v prometheus >/dev/null && command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus nghttp2-client >/dev/null; }
 
-# gRPC stubs are generated from protos/, never committed or edited (setup.py does the same
-# when the package is built, so `pip install` of this project provides them too).
-$(STUBS): $(wildcard protos/*/*/*.proto) setup.py | $(STAMP)
-	$(BIN)/python -c 'import setup; setup.generate_stubs()'
+# gRPC stubs are generated from protos/ into client/detect/, never committed or edited
+# (client/setup.py does the same when detect-client is built, so `pip install` of it
+# provides them too).
+$(STUBS): $(wildcard protos/*/*/*.proto) client/setup.py | $(STAMP)
+	$(GENERATE_STUBS)
 
 protos: $(STUBS)
 
@@ -114,16 +119,17 @@ run: venv protos models testdata envoy-config prometheus-config $(RUN_BACKEND)
 	$(BIN)/supervisord -c supervisord.conf
 
 # ruff over the tree; mypy over the packages under their import names (build/typecheck links
-# each folder as its package), --strict for the proxy.
+# each folder as its package), --strict for the proxy and the client.
 TYPECHECK := build/typecheck
-PACKAGES  := proxy:detect_proxy localtriton:detect_localtriton envoy:detect_envoy \
+PACKAGES  := client/detect:detect client/detect_client:detect_client \
+             proxy:detect_proxy localtriton:detect_localtriton envoy:detect_envoy \
              observability:detect_observability stack:detect_stack loadtest:detect_loadtest \
              deploy:detect_deploy
 lint: venv protos
 	@mkdir -p $(TYPECHECK)
-	@for p in $(PACKAGES); do ln -sfn ../../$${p%%:*} $(TYPECHECK)/$${p##*:}; done
+	@for p in $(PACKAGES); do ln -sfn $(CURDIR)/$${p%%:*} $(TYPECHECK)/$${p##*:}; done
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict -p detect_proxy
+	$(BIN)/mypy --strict -p detect_proxy -p detect_client
 	$(BIN)/mypy -p detect_localtriton -p detect_envoy -p detect_observability -p detect_stack \
 	  -p detect_loadtest -p detect_deploy
 
@@ -166,4 +172,4 @@ capacity: venv
 	$(BIN)/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) build detect $(MODEL)
+	rm -rf $(VENV) $(TRITON_VENV) build client/detect $(MODEL)

@@ -59,9 +59,8 @@ def main() -> int:
         time.sleep(0.5)
         ok, why = healthy(args.admin_port)
 
-    python = sys.executable
-    sample = subprocess.run([python, "-m", "detect_proxy.client", str(SAMPLE),
-                             "--target", args.front, "--ca-file", args.ca],
+    detect = str(Path(sys.executable).parent / "detect")  # detect-client's command
+    sample = subprocess.run([detect, str(SAMPLE), "--target", args.front, "--ca-file", args.ca],
                             capture_output=True, text=True, cwd=ROOT)
     front_port = args.front.rsplit(":", 1)[1]
     admin = f"http://127.0.0.1:{args.admin_port}"
@@ -78,8 +77,8 @@ Try it:
   grpcurl -cacert {args.ca} localhost:{front_port} list
   base64 -w0 {sample_path} | sed 's/.*/{{"image":"&"}}/' | \\
     grpcurl -cacert {args.ca} -d @ localhost:{front_port} detect.v1.Detector/Detect
-  .venv/bin/python -m detect_proxy.client {sample_path} \\
-    --target {args.front} --ca-file {args.ca}
+  .venv/bin/detect {sample_path} --target {args.front} --ca-file {args.ca}
+  .venv/bin/detect models --target {args.front} --ca-file {args.ca}
 
 Sample call:
 {(sample.stdout or sample.stderr).rstrip()}

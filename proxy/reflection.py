@@ -4,7 +4,7 @@ grpcio-reflection answers from a descriptor pool, and the compiled stubs registe
 without source info, so ``grpcurl describe detect.v1.Detector`` would show the signatures but
 none of the documentation written in ``protos/``. The build writes, beside the stubs, the
 FileDescriptorSet of each proto with its comments (``detect/v1/detect_descriptor_set.pb``,
-see ``setup.py``); reflection serves each compiled file with the comments (source info) of
+see ``client/setup.py``); reflection serves each compiled file with the comments (source info) of
 its counterpart in the set added, and nothing else of the set: protoc's set also spells out
 every field's json_name, which would make grpcurl print camelCase names where it prints
 the proto's own.
@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final[str] = reflection.SERVICE_NAME
-# Written by setup.py's generate_stubs() beside detect_pb2 (package data of detect.v1).
+# Written by client/setup.py generate_stubs() beside detect_pb2 (package data of detect.v1).
 DESCRIPTOR_SETS: Final[tuple[tuple[str, str], ...]] = (
     ("detect.v1", "detect_descriptor_set.pb"),)
 

@@ -1,8 +1,10 @@
-"""Generates the gRPC stubs from protos/ whenever the package is built or installed.
+"""Generates the gRPC stubs from the repository's protos/ whenever detect-client is built or
+installed.
 
 The generated modules (package ``detect``) are never committed or edited by hand; this hook
-and ``make protos`` are the only producers, so ``pip install`` of this project from source
-gives other services importable stubs (``from detect.v1 import detect_pb2_grpc``).
+and ``make protos`` are the only producers, so ``pip install`` of this distribution gives
+services importable stubs (``from detect.v1 import detect_pb2_grpc``), and the server's
+distribution depends on it rather than carrying its own copy.
 
 Beside each proto's modules goes ``<name>_descriptor_set.pb``, the FileDescriptorSet of the
 proto and its imports *with their comments* (source info): the compiled modules carry no
@@ -16,7 +18,8 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent  # client/: the stubs go here, as package `detect`
+PROTOS = ROOT.parent / "protos"
 
 # detect/v1/detect.proto -> detect/v1/detect_descriptor_set.pb (read by detect_proxy.reflection)
 DESCRIPTOR_SET_SUFFIX = "_descriptor_set.pb"
@@ -26,7 +29,7 @@ def generate_stubs() -> None:
     import grpc_tools
     from grpc_tools import protoc
 
-    protos = ROOT / "protos"
+    protos = PROTOS
     include = Path(grpc_tools.__file__).parent / "_proto"
     for proto in sorted(protos.rglob("*.proto")):
         rel = proto.relative_to(protos)

@@ -1,0 +1,264 @@
+"""``detect``: find objects in images from the command line, through the service's front door.
+
+    detect photo.jpg                      # boxes as text
+    detect --json build/testdata/*.png    # one JSON object per image (JSON Lines)
+    cat photo.jpg | detect -              # the image from stdin
+    detect --draw out/ photos/*.jpg       # each image with its boxes drawn, into out/
+    detect models                         # the models the service offers
+
+Defaults match ``make run``: Envoy's TLS front door at localhost:8443, verified with the
+development CA build/certs/ca.crt. Every failure is one line on stderr (the file, the gRPC
+status and the server's message), never a traceback; the exit status is 1 if any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_client.channel import DEFAULT_TARGET, connect
+
+MAKE_RUN_CA = Path("build/certs/ca.crt")
+STDIN = "-"
+
+
+class Failure(Exception):
+    """One line for stderr."""
+
+
+@dataclass
+class Outcome:
+    source: str
+    image: bytes
+    response: detect_pb2.DetectResponse | None = None
+    error: tuple[str, str] | None = None  # (status name, message)
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """The proto's own field names, every field present (zeros included, e.g. class_id 0),
+    as grpcurl and every language's JSON mapping spell them."""
+    try:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    except TypeError:  # protobuf < 5.26 names the option differently
+        return json_format.MessageToDict(  # type: ignore[call-arg]
+            message, preserving_proto_field_name=True, including_default_value_fields=True)
+
+
+def expand(patterns: Sequence[str]) -> list[str]:
+    """Paths from arguments: globs expanded here too (quoted, or on Windows), ``-`` kept."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if pattern == STDIN or not glob.has_magic(pattern):
+            paths.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise Failure(f"{pattern}: no file matches")
+        paths += matches
+    return paths
+
+
+def read(source: str) -> bytes:
+    if source == STDIN:
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except FileNotFoundError:
+        raise Failure(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise Failure(f"{source}: is a directory") from None
+    except OSError as exc:
+        raise Failure(f"{source}: cannot read it ({exc.strerror})") from None
+
+
+def _error(err: grpc.RpcError) -> tuple[str, str]:
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    return (code.name if code else "UNKNOWN"), (details or "no details")
+
+
+def detect_one(stub: detect_pb2_grpc.DetectorStub, source: str, args: argparse.Namespace
+               ) -> Outcome:
+    outcome = Outcome(source, b"")
+    try:
+        outcome.image = read(source)
+        request = detect_pb2.DetectRequest(image=outcome.image, model=args.model,
+                                           min_score=args.min_score,
+                                           max_detections=args.max_detections)
+        outcome.response = stub.Detect(request, timeout=args.timeout,
+                                       metadata=[("x-request-id", str(uuid.uuid4()))])
+    except Failure as exc:
+        outcome.error = ("FILE", str(exc).split(": ", 1)[-1])
+    except grpc.RpcError as err:
+        outcome.error = _error(err)
+    return outcome
+
+
+def print_text(outcome: Outcome, out: TextIO) -> None:
+    r = outcome.response
+    assert r is not None
+    out.write(f"{outcome.source}: {r.image_width}x{r.image_height}, model {r.model} "
+              f"v{r.model_version}, {len(r.detections)} detection(s)\n")
+    for d in r.detections:
+        b = d.box
+        out.write(f"  {d.label or d.class_id} {d.score:.3f} "
+                  f"[{b.x_min:.1f}, {b.y_min:.1f}, {b.x_max:.1f}, {b.y_max:.1f}]\n")
+
+
+class Progress:
+    """A one-line bar on stderr while many images are in flight (only on a terminal)."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.shown = total > 1 and stream.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.shown:
+            width = 30
+            filled = width * self.done // self.total
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                              f"{self.done}/{self.total}")
+            if self.done == self.total:
+                self.stream.write("\r" + " " * (width + 20) + "\r")
+            self.stream.flush()
+
+
+def run_detect(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    sources = expand(args.images)
+    if sources.count(STDIN) > 1:
+        raise Failure("-: stdin can be read only once")
+    if args.draw:
+        from detect_client.draw import require_pillow
+
+        require_pillow()
+    stub = detect_pb2_grpc.DetectorStub(channel)
+    progress = Progress(len(sources))
+    failed = 0
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.concurrency)) as pool:
+        for outcome in pool.map(lambda s: detect_one(stub, s, args), sources):
+            progress.step()
+            failed += report(outcome, args)
+    return 1 if failed else 0
+
+
+def report(outcome: Outcome, args: argparse.Namespace) -> int:
+    """Print one image's result (and draw it); 1 if it failed."""
+    if outcome.error:
+        code, message = outcome.error
+        if args.json:
+            print(json.dumps({"image": outcome.source,
+                              "error": {"code": code, "message": message}}), flush=True)
+        where = outcome.source if code == "FILE" else f"{outcome.source}: {code}"
+        print(f"detect: {where}: {message}", file=sys.stderr, flush=True)
+        return 1
+    assert outcome.response is not None
+    if args.json:
+        print(json.dumps({"image": outcome.source, **to_dict(outcome.response)}), flush=True)
+    else:
+        print_text(outcome, sys.stdout)
+    if args.draw:
+        from detect_client.draw import draw
+
+        try:
+            written = draw(outcome.image, outcome.response, Path(args.draw), outcome.source)
+        except OSError as exc:
+            print(f"detect: {outcome.source}: cannot draw it ({exc})", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(f"  drawn: {written}")
+    return 0
+
+
+def run_models(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = detect_pb2_grpc.DetectorStub(channel)
+    reply = stub.ListModels(detect_pb2.ListModelsRequest(), timeout=args.timeout)
+    if args.json:
+        print(json.dumps(to_dict(reply)))
+        return 0
+    for m in reply.models:
+        default = " (default)" if m.name == reply.default_model else ""
+        print(f"{m.name}{default}: versions {', '.join(m.versions) or '-'}; "
+              f"labels {', '.join(m.labels) or '-'}; images up to {m.limits.max_bytes} bytes, "
+              f"{m.limits.max_width}x{m.limits.max_height} pixels")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detect", description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="`detect models` lists the models. Environment: DETECT_TARGET, DETECT_CA_FILE, "
+               "DETECT_CERT_FILE, DETECT_KEY_FILE.")
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="JPEG, PNG, WebP or BMP files or globs; - reads one from stdin")
+    parser.add_argument("--target", default=os.environ.get("DETECT_TARGET", DEFAULT_TARGET),
+                        help="the service's address [default: %(default)s]")
+    parser.add_argument("--ca-file", default=os.environ.get("DETECT_CA_FILE"),
+                        help=f"CA that signed the server's certificate [default: {MAKE_RUN_CA} "
+                             "when it exists, else the system's roots]")
+    parser.add_argument("--cert-file", default=os.environ.get("DETECT_CERT_FILE"),
+                        help="client certificate for mTLS")
+    parser.add_argument("--key-file", default=os.environ.get("DETECT_KEY_FILE"),
+                        help="client private key for mTLS")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="no TLS (a proxy directly, for debugging)")
+    parser.add_argument("--model", default="", help="model name [default: the service's]")
+    parser.add_argument("--min-score", type=float, default=0.0,
+                        help="leave out detections scoring lower [default: %(default)s]")
+    parser.add_argument("--max-detections", type=int, default=0,
+                        help="at most this many per image, best first (0: all)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="deadline of each call in seconds [default: %(default)s]")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per image (JSON Lines), the proto's field names")
+    parser.add_argument("--draw", metavar="DIR",
+                        help="write each image with its boxes and labels drawn into DIR")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="images in flight at once [default: %(default)s]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    models = bool(argv) and argv[0] == "models"
+    parser = build_parser()
+    args = parser.parse_args(argv[1:] if models else argv)
+    if not models and not args.images:
+        parser.error("give at least one image (or `detect models`)")
+    if args.ca_file is None and not args.plaintext and MAKE_RUN_CA.exists():
+        args.ca_file = str(MAKE_RUN_CA)
+    try:
+        with connect(args.target, ca_file=args.ca_file, cert_file=args.cert_file,
+                     key_file=args.key_file, plaintext=args.plaintext,
+                     timeout_s=args.timeout) as channel:
+            return run_models(args, channel) if models else run_detect(args, channel)
+    except Failure as exc:
+        print(f"detect: {exc}", file=sys.stderr)
+    except grpc.RpcError as err:
+        code, message = _error(err)
+        print(f"detect: {code}: {message}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"detect: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("detect: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
