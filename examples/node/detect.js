@@ -25,9 +25,9 @@ const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
   options: {
     target: { type: 'string', default: process.env.DETECT_TARGET || 'localhost:8443' },
-    ca: { type: 'string', default: process.env.DETECT_CA || 'build/certs/ca.crt' },
-    cert: { type: 'string', default: process.env.DETECT_CERT },
-    key: { type: 'string', default: process.env.DETECT_KEY },
+    ca: { type: 'string', default: process.env.DETECT_CA_FILE || 'build/certs/ca.crt' },
+    cert: { type: 'string', default: process.env.DETECT_CERT_FILE },
+    key: { type: 'string', default: process.env.DETECT_KEY_FILE },
     timeout: { type: 'string', default: '10' }, // seconds, per call
   },
 });

@@ -29,12 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("image", type=Path, help="a JPEG, PNG, WebP or BMP file")
     parser.add_argument("--target", default=env("DETECT_TARGET", "localhost:8443"),
                         help="Envoy's front listener [env DETECT_TARGET; %(default)s]")
-    parser.add_argument("--ca", default=env("DETECT_CA", "build/certs/ca.crt"),
-                        help="CA that signed Envoy's certificate [env DETECT_CA; %(default)s]")
-    parser.add_argument("--cert", default=env("DETECT_CERT"),
-                        help="client certificate, for mTLS [env DETECT_CERT]")
-    parser.add_argument("--key", default=env("DETECT_KEY"),
-                        help="client private key, for mTLS [env DETECT_KEY]")
+    parser.add_argument("--ca", default=env("DETECT_CA_FILE", "build/certs/ca.crt"),
+                        help="CA that signed Envoy's certificate [env DETECT_CA_FILE; %(default)s]")
+    parser.add_argument("--cert", default=env("DETECT_CERT_FILE"),
+                        help="client certificate, for mTLS [env DETECT_CERT_FILE]")
+    parser.add_argument("--key", default=env("DETECT_KEY_FILE"),
+                        help="client private key, for mTLS [env DETECT_KEY_FILE]")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="deadline of each call, in seconds [%(default)s]")
     parser.add_argument("--min-score", type=float, default=0.0)

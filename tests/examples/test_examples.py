@@ -99,6 +99,21 @@ def test_python_sync_over_mtls(mtls_front, client):
     one_face(out.stdout)
 
 
+def test_the_detect_command_over_mtls(mtls_front):
+    """detect-client's command: the same certificates, the same answers."""
+    detect = str(Path(sys.executable).parent / "detect")
+    alpha = run_example(detect, ASTRONAUT, "--target", mtls_front,
+                        "--cert-file", "build/certs/client-alpha.crt",
+                        "--key-file", "build/certs/client-alpha.key")
+    assert alpha.returncode == 0, alpha.stderr
+    assert f"{ASTRONAUT}: 512x512, model face_detector v1, 1 detection(s)" in alpha.stdout
+    mallory = run_example(detect, ASTRONAUT, "--target", mtls_front, "--timeout", "5",
+                          "--cert-file", "build/certs/client-mallory.crt",
+                          "--key-file", "build/certs/client-mallory.key")
+    assert mallory.returncode == 1
+    assert mallory.stderr.splitlines()[-1].startswith(f"detect: {ASTRONAUT}: PERMISSION_DENIED: ")
+
+
 @pytest.mark.parametrize(("certificate", "status"), [
     ([], "UNAVAILABLE"),  # no client certificate: the handshake fails
     (["--cert", "build/certs/client-mallory.crt", "--key", "build/certs/client-mallory.key"],
