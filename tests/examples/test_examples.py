@@ -247,3 +247,15 @@ def test_readme_python_snippet(front, monkeypatch):
         assert face.label == "face" and face.score > 0.6
     finally:
         namespace["channel"].close()
+
+
+def test_readme_node_snippet(front, node_modules, tmp_path):
+    [snippet] = calling_detect_blocks("js")
+    assert "createSsl" in snippet and "deadline" in snippet
+    script = tmp_path / "snippet.js"
+    script.write_text(snippet.replace("localhost:8443", front))
+    out = run_example("node", str(script),
+                      env={"NODE_PATH": str(EXAMPLES / "node" / "node_modules")})
+    assert out.returncode == 0, out.stderr
+    [face] = json.loads(out.stdout)
+    assert face["label"] == "face" and face["score"] > 0.6 and face["class_id"] == 0
