@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-from detect_stack.servers import ROOT
-
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-PROTO = ROOT / "protos" / "detect" / "v1" / "detect.proto"
+from detect_stack.grpcurl import GRPCURL, comment_above
 
 
 def grpcurl(edge, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -40,21 +33,8 @@ def test_describe_shows_the_proto_comments(edge):
                                 ("detect.v1.DetectRequest", "bytes image")):
         out = grpcurl(edge, edge.envoy.front, "describe", symbol)
         assert out.returncode == 0, out.stderr
-        for line in _comment_above(declaration):
+        for line in comment_above(declaration):
             assert line in out.stdout, (line, out.stdout)
-
-
-def _comment_above(declaration: str) -> list[str]:
-    """The comment lines right above ``declaration`` in the proto, as grpcurl prints them."""
-    lines = PROTO.read_text().splitlines()
-    [index] = [i for i, line in enumerate(lines) if re.match(rf"\s*{declaration}\b", line)]
-    comment: list[str] = []
-    for line in reversed(lines[:index]):
-        if not line.strip().startswith("//"):
-            break
-        comment.insert(0, line.strip())
-    assert comment, declaration
-    return comment
 
 
 def test_detect(edge, images):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from detect_stack.grpcurl import GRPCURL
 from detect_stack.makerun import MakeRun, make_run
 from detect_stack.servers import LOCALTRITON, ROOT
 from detect_stack.stack import admin_get, envoy
@@ -23,7 +24,6 @@ EXAMPLES = ROOT / "examples"
 CERTS = ROOT / "build" / "certs"
 ASTRONAUT = "build/testdata/astronaut.png"  # one face; paths as a caller at the root types them
 OTHERS = ["build/testdata/coffee.png", "build/testdata/rocket.jpg", "build/testdata/camera.png"]
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 # "  face 0.934 [x_min, y_min, x_max, y_max]", as both Python examples print a detection
 DETECTION = re.compile(r"^  (\S+) (\d\.\d+) \[([-\d., ]+)\]$", re.MULTILINE)
 

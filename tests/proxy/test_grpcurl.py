@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+from detect_stack.grpcurl import GRPCURL
 
 
 def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -4,20 +4,16 @@ answer NOT_FOUND on Detect too."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_proxy import contract
+from detect_stack.grpcurl import GRPCURL
 from detect_stack.promtext import scrape, value
 from detect_stack.servers import free_port, proxy
-
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
 @pytest.fixture(scope="module")

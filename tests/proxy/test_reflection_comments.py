@@ -3,33 +3,12 @@ documentation, as written in protos/, to a caller who has no proto files."""
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from detect_proxy import reflection
-from detect_stack.servers import ROOT
-
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-PROTO = ROOT / "protos" / "detect" / "v1" / "detect.proto"
-
-
-def comment_above(declaration: str) -> list[str]:
-    """The comment lines written right above the line of ``declaration`` in the proto, as
-    grpcurl prints them (so the test follows the proto as it is edited)."""
-    lines = PROTO.read_text().splitlines()
-    [index] = [i for i, line in enumerate(lines) if re.match(rf"\s*{declaration}\b", line)]
-    comment: list[str] = []
-    for line in reversed(lines[:index]):
-        if not line.strip().startswith("//"):
-            break
-        comment.insert(0, line.strip())
-    assert comment, f"no comment above {declaration!r} in {PROTO}"
-    return comment
+from detect_stack.grpcurl import GRPCURL, comment_above
 
 
 def describe(target: str, symbol: str, *tls: str) -> str:
