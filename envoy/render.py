@@ -5,7 +5,7 @@ One Envoy process has:
   loopback for the proxies (listeners.py), over the proxy and Triton clusters (clusters.py);
 - the local rate-limit tiers of the front listener and their runtime keys (ratelimits.py);
 - the admin interface, on loopback only;
-- the tags Envoy's stats carry as Prometheus labels (listeners.stats_config);
+- the tags Envoy's stats carry as Prometheus labels (stats.stats_config);
 - optionally (``--ops-port``) a plaintext operations listener for a pod or a host: Envoy's
   ``/stats/prometheus``, the proxy's ``/metrics`` and the proxies' gRPC health ``Check``,
   and nothing else of the admin interface, for scrapers and probes that cannot reach
@@ -29,8 +29,9 @@ import yaml
 from detect_envoy import ratelimits
 from detect_envoy.certs import SDS_FILE
 from detect_envoy.clusters import ops_clusters, proxy_cluster, triton_cluster
-from detect_envoy.listeners import egress_listener, front_listener, ops_listener, stats_config
+from detect_envoy.listeners import egress_listener, front_listener, ops_listener
 from detect_envoy.settings import StackConfig
+from detect_envoy.stats import stats_config
 from detect_envoy.typed import address, extension
 
 __all__ = ["SDS_FILE", "StackConfig", "render", "to_yaml", "validate", "build_parser", "main"]

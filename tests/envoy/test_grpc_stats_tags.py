@@ -2,7 +2,7 @@
 
 Envoy's default tag extractors split `/detect.v1.Detector/Detect` on dots: service "detect",
 method "v1", and the rest of the name left in the metric (`envoy_cluster_grpc_Detector_
-Detect_total`). The bootstrap's stats_config (envoy/listeners.py) fixes the two gRPC tags and
+Detect_total`). The bootstrap's stats_config (envoy/stats.py) fixes the two gRPC tags and
 keeps every other default tag as it was."""
 
 from __future__ import annotations
