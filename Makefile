@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  := model_repository/centerface/1/model.onnx
-IMAGES := build/testdata/astronaut.png
+IMAGES := build/testdata/astronaut.png build/testdata/phone-12mp.jpg
 STUBS  := client/detect/v1/detect_pb2_grpc.py
 GENERATE_STUBS := cd client && ../$(BIN)/python -c 'import setup; setup.generate_stubs()'
 PYTEST_ARGS ?=
@@ -86,7 +86,7 @@ $(MODEL): model_repository/fetch_models.py | $(STAMP)
 
 models: $(MODEL)
 
-$(IMAGES): tests/fetch_testdata.py | $(STAMP)
+$(IMAGES): tests/fetch_testdata.py stack/phone_photos.py | $(STAMP)
 	$(BIN)/python tests/fetch_testdata.py
 
 testdata: $(IMAGES)

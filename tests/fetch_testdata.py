@@ -1,7 +1,8 @@
 """Fetch the test images from the scikit-image wheel (its ``skimage/data`` folder).
 
 Only the wheel is downloaded (no dependencies, nothing installed); the few images the tests
-use are extracted into build/testdata.
+use are extracted into build/testdata, and phone-camera-like JPEGs are made from them
+(detect_stack.phone_photos).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from detect_stack import phone_photos
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png", "camera.png")
 
@@ -19,6 +22,7 @@ def main() -> int:
     downloads = ROOT / "build" / "downloads"
     target = ROOT / "build" / "testdata"
     if all((target / name).is_file() for name in IMAGES):
+        phone_photos.make(target)
         return 0
     wheels = sorted(downloads.glob("scikit_image-*.whl"))
     if not wheels:
@@ -32,6 +36,7 @@ def main() -> int:
         for name in IMAGES:
             (target / name).write_bytes(zf.read(f"skimage/data/{name}"))
     print(f"extracted {len(IMAGES)} images from {wheels[-1].name} into {target}")
+    phone_photos.make(target)
     return 0
 
 

@@ -7,7 +7,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from detect_stack import reference_centerface as reference
-from detect_stack.detector_client import detections, image_input
+from detect_stack.detector_client import Detections, detections, image_input
+
+NETWORK_SIZE = 512  # model_repository/preprocess/config.pbtxt network_input_size
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,53 @@ def test_batch_of_rows_in_one_request(client, images):
     counts = result.as_numpy("num_detections")[:, 0]
     assert list(counts) == [1, 0, 1]
     np.testing.assert_allclose(detections(result, 0).boxes, detections(result, 2).boxes, atol=1e-3)
+
+
+def _full_resolution_answer(client, encoded: bytes) -> Detections:
+    """What the detector answers for ``encoded`` decoded at full resolution: the whole image
+    decoded, resized to fit the network as preprocess does, sent as lossless PNG at that
+    size (so preprocess resizes nothing), boxes scaled back to the original pixels."""
+    from io import BytesIO
+
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(BytesIO(encoded))).convert("RGB")
+    scale = NETWORK_SIZE / max(image.size)
+    fitted = image.resize((round(image.width * scale), round(image.height * scale)),
+                          Image.BILINEAR)
+    buffer = BytesIO()
+    fitted.save(buffer, format="PNG")
+    found = detections(client.infer("face_detector", [image_input(buffer.getvalue())]))
+    return Detections(found.boxes * (image.width / fitted.width), found.scores, found.classes)
+
+
+@pytest.mark.parametrize("name", ["phone-12mp.jpg", "phone-4mp.jpg", "phone-1mp.jpg"])
+def test_reduced_jpeg_decode_answers_as_the_full_resolution_decode(client, images, name):
+    """Phone photos are decoded at 1/2-1/8 scale in the DCT domain; the answer stays that of
+    a full-resolution decode."""
+    reduced = detections(client.infer("face_detector", [image_input(images[name])]))
+    full = _full_resolution_answer(client, images[name])
+    assert len(reduced.boxes) == len(full.boxes) >= 1
+    for box, score, full_box, full_score in zip(reduced.boxes, reduced.scores, full.boxes,
+                                                full.scores, strict=True):
+        assert reference.iou(box, full_box) >= 0.98
+        assert score == pytest.approx(full_score, abs=0.02)
+
+
+def test_reduced_decode_of_a_turned_photo_keeps_its_orientation(client, images):
+    """A phone photo stored sideways (EXIF orientation 6) is reduced in its stored
+    orientation and answered as displayed: the same boxes as the upright photo."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    upright = Image.open(BytesIO(images["phone-4mp.jpg"]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=88,
+                                                      exif=exif)
+    turned = detections(client.infer("face_detector", [image_input(buffer.getvalue())]))
+    straight = detections(client.infer("face_detector", [image_input(images["phone-4mp.jpg"])]))
+    assert len(turned.boxes) == len(straight.boxes) >= 1
+    assert reference.iou(turned.boxes[0], straight.boxes[0]) >= 0.95

@@ -4,6 +4,9 @@ Runs unchanged in Triton's Python backend (needs numpy and Pillow in its environ
 Each request's rows are decoded independently: a bad image fails only its own request,
 with INVALID_ARG, never the other requests that share the execution.
 
+JPEGs are decoded at reduced size in the DCT domain when the network needs fewer pixels
+than the image has: at 12 MP that is most of this step's CPU.
+
 Every pixel format a camera or an editor writes becomes 8-bit RGB as a viewer would show
 it: 16-bit samples keep their 8 most significant bits (Pillow's plain conversion saturates
 16-bit gray to white), transparency is composited over white, CMYK and palettes are
@@ -23,6 +26,8 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 # Pillow's modes for 16-bit (and 32-bit integer) single-channel images; PNG's 16-bit gray.
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 BACKGROUND = (255, 255, 255, 255)
+ORIENTATION = 0x0112  # the EXIF tag
+TURNED = (5, 6, 7, 8)  # orientations that swap width and height for display
 # Exception texts may name Python objects ("<_io.BytesIO object at 0x7f...>"): callers
 # get the words, not the reprs.
 _REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
@@ -106,14 +111,27 @@ class TritonPythonModel:
     def _prepare(self, data, row):
         image = self._open(bytes(data), row)
         try:
-            image = to_rgb(ImageOps.exif_transpose(image))
+            resized, (width, height) = self._decode_to_fit(image)
         except Exception as exc:  # truncated or corrupt data surfaces while decoding
             raise ImageRejected(f"image {row} could not be decoded ({_reason(exc)})") from None
-        width, height = image.size
-        scale = self.size / max(width, height)
-        new_w = max(1, min(self.size, round(width * scale)))
-        new_h = max(1, min(self.size, round(height * scale)))
-        resized = image.resize((new_w, new_h), Image.BILINEAR)
         canvas = np.zeros((3, self.size, self.size), dtype=np.float32)
-        canvas[:, :new_h, :new_w] = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
-        return canvas, np.array([scale, width, height], dtype=np.float32)
+        canvas[:, : resized.height, : resized.width] = np.asarray(
+            resized, dtype=np.float32).transpose(2, 0, 1)
+        return canvas, np.array([self.size / max(width, height), width, height],
+                                dtype=np.float32)
+
+    def _decode_to_fit(self, image):
+        """The image as displayed, resized to fit the network input, and its full size."""
+        width, height = image.size
+        turned = image.getexif().get(ORIENTATION, 1) in TURNED
+        if turned:
+            width, height = height, width
+        scale = self.size / max(width, height)
+        fit = (max(1, min(self.size, round(width * scale))),
+               max(1, min(self.size, round(height * scale))))
+        # A JPEG decodes at 1/2, 1/4 or 1/8 of its size in the DCT domain for a fraction of
+        # the full decode's CPU (a sixth for a 12 MP photo): ask libjpeg for the smallest
+        # scale still at least the network input, then resize once. Other formats ignore it.
+        image.draft("RGB", fit[::-1] if turned else fit)
+        image = to_rgb(ImageOps.exif_transpose(image))
+        return image.resize(fit, Image.BILINEAR), (width, height)
