@@ -33,12 +33,13 @@ import grpc
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2
-from detect_loadtest import h2load, onnxruntime_inprocess, report
+from detect_loadtest import h2load, pipeline_limit, report
 from detect_loadtest.h2load import Load, grpc_frame
 from detect_loadtest.procstat import cpu_seconds
 from detect_loadtest.sampler import Sampler, expected_detections
 from detect_proxy import contract
 from detect_proxy.models import from_config
+from detect_stack.phone_photos import SIZES as PHONE_PHOTOS
 from detect_stack.promtext import Sample, scrape, value
 from detect_stack.servers import BACKENDS, free_port, localtriton, proxy, running, triton_server
 from detect_stack.stack import envoy, make_certs, stack
@@ -338,12 +339,15 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
             add("envoy+proxy", "processes", envoy_front(tmp, triton, 1), load=heavy)
             add("envoy+proxy x2", "processes", envoy_front(tmp, triton, 2), load=heavy)
     if not args.smoke:
-        # (d): face_detector through the whole stack vs onnxruntime alone.
+        # (d): face_detector through the whole stack, on the benchmark image and on phone
+        # photos, each against its in-process pipeline limit.
         with stack_front(tmp) as (front, stack_tritons):
             load = Load(args.face_requests, 2, 8)
-            results.append(measure("stack face_detector", "face", front, stack_tritons,
-                                   "face_detector", image, load, tmp, args.timeout,
-                                   batch_model="centerface"))
+            for photo in face_images(args):
+                results.append(measure(face_scenario(args, photo), "face", front, stack_tritons,
+                                       "face_detector", photo.read_bytes(), load, tmp,
+                                       args.timeout, batch_model="centerface"))
+                print(f"  {results[-1]['scenario']}: {results[-1]['rps']} RPS", file=sys.stderr)
     overload = None if args.smoke else overload_curve(args, tmp, image)
     # (f): localtriton against the genuine tritonserver (CPU build), one proxy in front of
     # each in turn; the backend's CPU includes its Python backend stub processes.
@@ -358,8 +362,19 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
                 results.append(measure(f"{kind} {model}", "backends", front, [url], model,
                                        image, load, tmp, args.timeout, batch_model=batch_model))
             print(f"  {kind} {model}: {results[-1]['rps']} RPS", file=sys.stderr)
-    inprocess = None if args.smoke else onnxruntime_inprocess.measure(args.image, args.ort_seconds)
-    return {"results": results, "onnxruntime_inprocess": inprocess, "overload": overload}
+    limits = None if args.smoke else {
+        face_scenario(args, photo): pipeline_limit.measure(photo, args.limit_seconds)
+        for photo in face_images(args)}
+    return {"results": results, "pipeline_limit": limits, "overload": overload}
+
+
+def face_images(args: argparse.Namespace) -> list[Path]:
+    """The benchmark image and the phone photos (12, 4 and 1 MP JPEGs) beside it."""
+    return [args.image, *(args.image.parent / name for name in PHONE_PHOTOS)]
+
+
+def face_scenario(args: argparse.Namespace, photo: Path) -> str:
+    return "stack face_detector" + ("" if photo == args.image else f" {photo.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="open-loop arrival rate as a share of the floor's closed-loop RPS")
     parser.add_argument("--batch-wait-us", type=int, default=2000,
                         help="--batch-max-wait-us of the aggregation scenarios")
-    parser.add_argument("--ort-seconds", type=float, default=10.0,
-                        help="duration of each in-process onnxruntime layout")
+    parser.add_argument("--limit-seconds", type=float, default=8.0,
+                        help="duration of each in-process pipeline limit")
     parser.add_argument("--overload-seconds", type=float, default=15.0,
                         help="duration of each point of the overload curve")
     parser.add_argument("--overload-deadline-s", type=int, default=5,

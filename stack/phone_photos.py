@@ -27,13 +27,13 @@ def _scene(testdata: Path, width: int, height: int) -> Image.Image:
     right = width - side
     canvas = Image.new("RGB", (width, height))
     canvas.paste(Image.open(testdata / "astronaut.png").convert("RGB")
-                 .resize((side, side), Image.BICUBIC), (0, 0))
+                 .resize((side, side), Image.Resampling.BICUBIC), (0, 0))
     for i, name in enumerate(("coffee.png", "chelsea.png")):
         tile = Image.open(testdata / name).convert("RGB")
         box_h = height // 2
         scale = max(right / tile.width, box_h / tile.height)
         tile = tile.resize((round(tile.width * scale), round(tile.height * scale)),
-                           Image.BICUBIC)
+                           Image.Resampling.BICUBIC)
         left, top = (tile.width - right) // 2, (tile.height - box_h) // 2
         canvas.paste(tile.crop((left, top, left + right, top + box_h)), (side, i * box_h))
     return canvas
@@ -49,7 +49,7 @@ def make(testdata: Path) -> dict[str, Path]:
     noise = np.random.default_rng(12).normal(0.0, NOISE_SIGMA, pixels.shape)
     sensor = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
     for name, size in SIZES.items():
-        image = sensor if size == sensor.size else sensor.resize(size, Image.LANCZOS)
+        image = sensor if size == sensor.size else sensor.resize(size, Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=QUALITY, subsampling="4:2:0")
         paths[name].write_bytes(buffer.getvalue())

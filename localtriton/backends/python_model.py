@@ -36,7 +36,7 @@ _GRPC_CODES = {
 }
 
 
-def _config_as_json(config: mc.ModelConfig) -> str:
+def config_as_json(config: mc.ModelConfig) -> str:
     """The model_config JSON a Python model receives in ``initialize``, in Triton's shape
     (proto field names; int64 values as numbers rather than proto3-JSON strings)."""
     as_dict = json_format.MessageToDict(config, preserving_proto_field_name=True)
@@ -71,7 +71,7 @@ class PythonBackend(Backend):
         model_class = getattr(module, "TritonPythonModel", None)
         if model_class is None:
             raise ModelConfigError(f"{config.name}: {path} defines no TritonPythonModel")
-        config_json = _config_as_json(config)
+        config_json = config_as_json(config)
         self._outputs = {t.name: t for t in config.output}
         self._instances = []
         for group in config.instance_group:
