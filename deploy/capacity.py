@@ -16,6 +16,12 @@ target, room for bursts, failures and rollouts):
     Envoy cores   = R * cpu_ms_per_request(envoy) / 1000 / u
     proxy pods    = ceil(proxy cores / cores per proxy process)   (one process, one core)
     GPU replicas  = ceil(R / (gpu_rps_per_replica * u)) + spare replicas
+    GPU-host CPU  = R * (preprocess + postprocess + backend framework ms per image) / 1000 / u
+
+The last line is per image-size class (the benchmark image and 12, 4 and 1 MP phone JPEGs):
+decoding, letterboxing and decoding the network's output run on the CPU of the GPU host,
+in Triton's Python backend, and on real photos they cost more than the proxy and Envoy
+together.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ PROXY = "proxy"                    # proxy CPU per call (null_detector, no aggre
 AGGREGATION = "proxy+aggregation"  # the same with request aggregation
 EDGE = "envoy+proxy"               # through Envoy with TLS: proxy CPU and Envoy CPU per call
 REQUIRED = (PROXY, AGGREGATION, EDGE)
+# face_detector through the whole stack, one scenario per image (bench.py's figure (d)), each
+# with the CPU per image of the pipeline's steps in-process under "pipeline_limit".
+FACE = "stack face_detector"
+DEFAULT_IMAGE_CLASS = "phone-12mp.jpg"
 
 # The HPA's CPU target in deploy/k8s/autoscaling.yaml: the fleet this model sizes is the
 # one the autoscaler converges to at the target rate.
@@ -59,6 +69,42 @@ class Row:
     rps: float
     cpu_ms: dict[str, float]
     latency_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ImageClass:
+    """CPU per face_detector image of one image size, by where it runs."""
+    image: str
+    bytes: int
+    proxy_ms: float
+    envoy_ms: float
+    preprocess_ms: float
+    network_ms: float
+    postprocess_ms: float
+    framework_ms: float  # the backend's CPU beyond the three steps (never below 0)
+
+    @property
+    def gpu_host_cpu_ms(self) -> float:
+        """What stays on the GPU host's CPU when the network runs on its GPU."""
+        return self.preprocess_ms + self.postprocess_ms + self.framework_ms
+
+
+def image_classes(data: dict) -> list[ImageClass]:
+    """One class per face_detector stack scenario that has its in-process step figures."""
+    limits = data.get("pipeline_limit") or {}
+    classes = []
+    for entry in data.get("results", []):
+        limit = limits.get(entry.get("scenario"))
+        if not str(entry.get("scenario", "")).startswith(FACE) or limit is None:
+            continue
+        cpu, steps = entry["cpu_ms_per_request"], limit["cpu_ms_per_image"]
+        backend = sum(v for k, v in cpu.items() if k not in ("front", "envoy"))
+        framework = backend - steps["preprocess"] - steps["network"] - steps["postprocess"]
+        classes.append(ImageClass(limit["image"], int(limit["bytes"]), float(cpu["front"]),
+                                  float(cpu.get("envoy", 0.0)), float(steps["preprocess"]),
+                                  float(steps["network"]), float(steps["postprocess"]),
+                                  max(0.0, framework)))
+    return classes
 
 
 def load(path: Path) -> tuple[str, dict[str, Row]]:
@@ -105,6 +151,14 @@ def load(path: Path) -> tuple[str, dict[str, Row]]:
     return str(data.get("command", "")), rows
 
 
+def load_image_classes(path: Path) -> list[ImageClass]:
+    try:
+        return image_classes(json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: malformed face_detector scenario or pipeline_limit: "
+                         f"{exc}") from None
+
+
 @dataclass(frozen=True)
 class Plan:
     target_rps: float
@@ -114,6 +168,8 @@ class Plan:
     proxy_ms: float
     aggregation_ms: float
     envoy_ms: float
+    classes: tuple[ImageClass, ...] = ()
+    image_class: str = DEFAULT_IMAGE_CLASS
 
     def cores(self, ms_per_request: float) -> float:
         return self.target_rps * ms_per_request / 1000 / self.utilisation
@@ -146,19 +202,63 @@ class Plan:
     def gpu_replicas(self) -> int:
         return math.ceil(self.target_rps / (self.gpu_rps * self.utilisation)) + self.spare_gpu
 
+    @property
+    def sized_class(self) -> ImageClass | None:
+        """The image class the headline sizes the GPU hosts' CPU for."""
+        return next((c for c in self.classes if c.image == self.image_class), None)
+
 
 def plan(rows: dict[str, Row], target_rps: float, utilisation: float, gpu_rps: float,
-         spare_gpu: int) -> Plan:
+         spare_gpu: int, classes: list[ImageClass] | None = None,
+         image_class: str = DEFAULT_IMAGE_CLASS) -> Plan:
     """Proxy CPU per call is taken from whichever proxy scenario measured more (directly,
     or behind Envoy with TLS), so the estimate does not depend on which path was cheaper."""
     return Plan(target_rps, utilisation, gpu_rps, spare_gpu,
                 proxy_ms=max(rows[PROXY].cpu_ms["front"], rows[EDGE].cpu_ms["front"]),
                 aggregation_ms=rows[AGGREGATION].cpu_ms["front"],
-                envoy_ms=rows[EDGE].cpu_ms["envoy"])
+                envoy_ms=rows[EDGE].cpu_ms["envoy"], classes=tuple(classes or ()),
+                image_class=image_class)
 
 
 def _f(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if value < 100 else f"{value:,.0f}"
+
+
+def _gpu_host_row(p: Plan) -> str:
+    c = p.sized_class
+    if c is None:
+        return (f"| GPU-host CPU (pre/postprocessing) | no `{FACE}` scenario for "
+                f"`{p.image_class}` in the bench file | not sized: run the full `make bench` |")
+    return (f"| GPU-host CPU for pre/postprocessing, {c.image} | {_f(p.target_rps)} × "
+            f"{_f(c.gpu_host_cpu_ms)} ms / 1000 / {p.utilisation:g} | "
+            f"**{p.cores(c.gpu_host_cpu_ms):.0f} cores** on the GPU hosts, "
+            f"≈ {p.cores(c.gpu_host_cpu_ms) / p.gpu_replicas:.1f} per GPU replica |")
+
+
+def _classes_section(p: Plan) -> str:
+    if not p.classes:
+        return ""
+    rows = "\n".join(
+        f"| {c.image} | {c.bytes / 1e6:.2f} | {_f(c.proxy_ms)} | {_f(c.envoy_ms)} | "
+        f"{_f(c.preprocess_ms)} | {_f(c.postprocess_ms)} | {_f(c.framework_ms)} | "
+        f"{_f(c.network_ms)} | {p.cores(c.proxy_ms):.0f} | {p.cores(c.envoy_ms):.0f} | "
+        f"**{p.cores(c.gpu_host_cpu_ms):.0f}** |" for c in p.classes)
+    return f"""## Every CPU, per image-size class
+
+face_detector through the whole stack (`{FACE}` scenarios of the benchmark, figure (d)), one
+row per image: CPU ms per image where it runs, and cores at {_f(p.target_rps)} RPS and
+{p.utilisation:.0%} utilisation. Proxy and Envoy are measured in the stack; preprocess
+(decode, orient, letterbox) and postprocess (heatmap decode, NMS) in-process with the
+repository's code (`loadtest/pipeline_limit.py`); "framework" is what the backends spent
+beyond the three steps (never below 0). On a GPU host the network runs on the GPU (the CPU
+figure is shown for reference only); everything else in the GPU-host column stays on its
+CPU. `--image-class` picks the row the result above sizes.
+
+| image | MB | proxy ms | Envoy ms | preprocess ms | postprocess ms | framework ms | network ms (CPU, for reference) | proxy cores | Envoy cores | GPU-host CPU cores |
+|---|---|---|---|---|---|---|---|---|---|---|
+{rows}
+
+"""
 
 
 def report(p: Plan, rows: dict[str, Row], source: str, bench_command: str,
@@ -195,6 +295,7 @@ zone or node, and rolling updates.
 | Envoy CPU | {_f(p.target_rps)} × {_f(p.envoy_ms)} ms / 1000 / {p.utilisation:g} | **{p.envoy_cores:.1f} cores**, ≈ {p.envoy_millicores_per_pod} m per pod (sidecar request) |
 | GPU replicas | ⌈{_f(p.target_rps)} / ({_f(p.gpu_rps)} × {p.utilisation:g})⌉ + {p.spare_gpu} spare | **{p.gpu_replicas} replicas** (one GPU each) |
 | proxy CPU with request aggregation | {_f(p.target_rps)} × {_f(p.aggregation_ms)} ms / 1000 / {p.utilisation:g} | {p.aggregation_cores:.1f} cores (if `--batch-max-wait-us` is on) |
+{_gpu_host_row(p)}
 
 Proxy CPU per request is the larger of the `proxy` and `envoy+proxy` measurements
 ({_f(rows[PROXY].cpu_ms['front'])} and {_f(rows[EDGE].cpu_ms['front'])} ms). Envoy's is
@@ -202,6 +303,7 @@ the `envoy+proxy` measurement: everything that Envoy process did per call in tha
 (TLS termination and the front listener, and the hop to the backend where the scenario
 routes the proxy's backend calls through Envoy's egress, as the sidecar does).
 
+{_classes_section(p)}
 ## Inputs
 
 Measured (`{source}`, written by `{bench_command or 'loadtest/bench.py'}`): CPU time per
@@ -246,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="ASSUMPTION: requests/s one Triton GPU replica serves "
                              f"(default {DEFAULT_GPU_RPS:g}; measure it on your GPUs)")
     parser.add_argument("--spare-gpu-replicas", type=int, default=1)
+    parser.add_argument("--image-class", default=DEFAULT_IMAGE_CLASS,
+                        help="image of the face_detector scenarios that sizes the GPU hosts' "
+                             "CPU (default: the 12 MP phone JPEG)")
     args = parser.parse_args(argv)
     if not 0 < args.target_utilisation <= 1:
         parser.error("--target-utilisation must be in (0, 1]")
@@ -254,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--spare-gpu-replicas not negative")
     bench_command, rows = load(args.bench)
     p = plan(rows, args.target_rps, args.target_utilisation, args.gpu_rps_per_replica,
-             args.spare_gpu_replicas)
+             args.spare_gpu_replicas, load_image_classes(args.bench), args.image_class)
 
     def shown(path: Path) -> str:
         resolved = path.resolve()
@@ -264,11 +369,14 @@ def main(argv: list[str] | None = None) -> int:
                           "--bench", shown(args.bench), "--out", shown(args.out), "--target-rps", f"{args.target_rps:g}",
                           "--target-utilisation", f"{args.target_utilisation:g}",
                           "--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}",
-                          "--spare-gpu-replicas", str(args.spare_gpu_replicas)])
+                          "--spare-gpu-replicas", str(args.spare_gpu_replicas),
+                          "--image-class", args.image_class])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(p, rows, shown(args.bench), bench_command, command))
+    host = (f", {p.cores(p.sized_class.gpu_host_cpu_ms):.0f} GPU-host CPU cores"
+            if p.sized_class else "")
     print(f"wrote {shown(args.out)}: {p.proxy_cores:.1f} proxy cores ({p.proxy_pods} pods), "
-          f"{p.envoy_cores:.1f} Envoy cores, {p.gpu_replicas} GPU replicas "
+          f"{p.envoy_cores:.1f} Envoy cores, {p.gpu_replicas} GPU replicas{host} "
           f"for {args.target_rps:g} RPS")
     return 0
 

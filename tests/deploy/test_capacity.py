@@ -45,6 +45,34 @@ def test_the_formulas_on_the_fixture():
     assert p.rps_per_pod * p.proxy_pods >= 10_000
 
 
+def test_gpu_hosts_cpu_counts_pre_and_postprocessing_per_image_class():
+    classes = {c.image: c for c in capacity.load_image_classes(FIXTURE)}
+    # 12 MP: backend 95 ms = preprocess 35 + network 48 + postprocess 2 + framework 10.
+    photo = classes["phone-12mp.jpg"]
+    assert (photo.proxy_ms, photo.envoy_ms, photo.framework_ms) == (3.0, 2.0, 10.0)
+    assert photo.gpu_host_cpu_ms == 35.0 + 2.0 + 10.0
+    # 1 MP: the backend spent less than the steps in-process (batches): framework is 0.
+    assert classes["phone-1mp.jpg"].framework_ms == 0.0
+    _, rows = capacity.load(FIXTURE)
+    p = capacity.plan(rows, 10_000, 0.5, 500, 0, list(classes.values()))
+    assert p.sized_class is photo
+    assert p.cores(photo.gpu_host_cpu_ms) == pytest.approx(10_000 * 47 / 1000 / 0.5)
+
+
+def test_the_report_sizes_the_gpu_hosts_cpu_or_says_why_not(tmp_path):
+    out = tmp_path / "CAPACITY.md"
+    assert capacity.main(["--bench", str(FIXTURE), "--out", str(out),
+                          "--target-utilisation", "0.5"]) == 0
+    text = out.read_text()
+    assert "GPU-host CPU for pre/postprocessing, phone-12mp.jpg" in text
+    assert "**940 cores**" in text
+    assert "| phone-1mp.jpg |" in text
+    data = fixture_data()
+    data.pop("pipeline_limit")
+    assert capacity.main(["--bench", str(write(tmp_path, data)), "--out", str(out)]) == 0
+    assert "not sized: run the full `make bench`" in out.read_text()
+
+
 def test_more_headroom_means_more_of_everything():
     _, rows = capacity.load(FIXTURE)
     tight = capacity.plan(rows, 10_000, 0.9, 500, 0)
