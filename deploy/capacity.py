@@ -62,6 +62,22 @@ class InputError(SystemExit):
     """A bench file the model cannot use: the message says what is missing and where."""
 
 
+def gpu_rps_from(path: Path, network: str = "centerface") -> tuple[float, str]:
+    """Images per second of face_detector's network on one GPU at its max batch size, from
+    loadtest/gpu_network.py's output, and the GPU's name."""
+    try:
+        data = json.loads(path.read_text())
+        row = next(n for n in data["networks"] if n["model"] == network)
+        rps, device = float(row["serving_images_per_s"]), str(data["device"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            StopIteration) as exc:
+        raise InputError(f"{path}: not a loadtest/gpu_network.py result with {network!r}: "
+                         f"{exc!r}") from None
+    if row.get("provider") != "CUDAExecutionProvider":
+        raise InputError(f"{path}: {network} ran on {row.get('provider')}, not on a GPU")
+    return rps, device
+
+
 @dataclass(frozen=True)
 class Row:
     scenario: str
@@ -170,6 +186,7 @@ class Plan:
     envoy_ms: float
     classes: tuple[ImageClass, ...] = ()
     image_class: str = DEFAULT_IMAGE_CLASS
+    gpu_device: str = ""  # where gpu_rps was measured; empty: an assumption
 
     def cores(self, ms_per_request: float) -> float:
         return self.target_rps * ms_per_request / 1000 / self.utilisation
@@ -210,14 +227,14 @@ class Plan:
 
 def plan(rows: dict[str, Row], target_rps: float, utilisation: float, gpu_rps: float,
          spare_gpu: int, classes: list[ImageClass] | None = None,
-         image_class: str = DEFAULT_IMAGE_CLASS) -> Plan:
+         image_class: str = DEFAULT_IMAGE_CLASS, gpu_device: str = "") -> Plan:
     """Proxy CPU per call is taken from whichever proxy scenario measured more (directly,
     or behind Envoy with TLS), so the estimate does not depend on which path was cheaper."""
     return Plan(target_rps, utilisation, gpu_rps, spare_gpu,
                 proxy_ms=max(rows[PROXY].cpu_ms["front"], rows[EDGE].cpu_ms["front"]),
                 aggregation_ms=rows[AGGREGATION].cpu_ms["front"],
                 envoy_ms=rows[EDGE].cpu_ms["envoy"], classes=tuple(classes or ()),
-                image_class=image_class)
+                image_class=image_class, gpu_device=gpu_device)
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -233,6 +250,22 @@ def _gpu_host_row(p: Plan) -> str:
             f"{_f(c.gpu_host_cpu_ms)} ms / 1000 / {p.utilisation:g} | "
             f"**{p.cores(c.gpu_host_cpu_ms):.0f} cores** on the GPU hosts, "
             f"≈ {p.cores(c.gpu_host_cpu_ms) / p.gpu_replicas:.1f} per GPU replica |")
+
+
+def _gpu_input(p: Plan) -> str:
+    if p.gpu_device:
+        return (f"**Measured on a GPU** ({p.gpu_device}, `loadtest/gpu_network.py`, "
+                f"`--gpu-bench`): CenterFace at its max batch size serves **{_f(p.gpu_rps)} "
+                f"images per second** on one GPU, the network alone; the decode and NMS "
+                f"around it are the GPU-host CPU row. Spare replicas: {p.spare_gpu} "
+                f"(`--spare-gpu-replicas`), for a rolling update or a failed node.")
+    return f"""**Assumption, not measured here** (this project's machines have no GPU): one Triton replica
+on one GPU serves **{_f(p.gpu_rps)} face_detector requests per second**
+(`--gpu-rps-per-replica`). It depends on the GPU, the image sizes, and whether decoding
+runs in the Python backend (CPU) or DALI (GPU). Measure it on the target hardware
+(`loadtest/gpu_network.py`, then `--gpu-bench`) and regenerate; the GPU row scales
+inversely with it. Spare replicas: {p.spare_gpu} (`--spare-gpu-replicas`), for a rolling
+update or a failed node."""
 
 
 def _classes_section(p: Plan) -> str:
@@ -313,12 +346,7 @@ request of each process, from `/proc/<pid>/stat` before and after each scenario.
 |---|---|---|---|---|---|
 {inputs}
 
-**Assumption, not measured here** (this project's machines have no GPU): one Triton replica
-on one GPU serves **{_f(p.gpu_rps)} face_detector requests per second**
-(`--gpu-rps-per-replica`). It depends on the GPU, the image sizes, and whether decoding
-runs in the Python backend (CPU) or DALI (GPU). Measure it on the target hardware and
-regenerate; the GPU row scales inversely with it. Spare replicas: {p.spare_gpu}
-(`--spare-gpu-replicas`), for a rolling update or a failed node.
+{_gpu_input(p)}
 
 ## Caveats
 
@@ -348,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="ASSUMPTION: requests/s one Triton GPU replica serves "
                              f"(default {DEFAULT_GPU_RPS:g}; measure it on your GPUs)")
     parser.add_argument("--spare-gpu-replicas", type=int, default=1)
+    parser.add_argument("--gpu-bench", type=Path,
+                        help="loadtest/gpu_network.py output measured on a GPU: replaces "
+                             "--gpu-rps-per-replica with the measured figure")
     parser.add_argument("--image-class", default=DEFAULT_IMAGE_CLASS,
                         help="image of the face_detector scenarios that sizes the GPU hosts' "
                              "CPU (default: the 12 MP phone JPEG)")
@@ -358,8 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target-rps and --gpu-rps-per-replica must be positive, "
                      "--spare-gpu-replicas not negative")
     bench_command, rows = load(args.bench)
-    p = plan(rows, args.target_rps, args.target_utilisation, args.gpu_rps_per_replica,
-             args.spare_gpu_replicas, load_image_classes(args.bench), args.image_class)
+    gpu_rps, gpu_device = args.gpu_rps_per_replica, ""
+    if args.gpu_bench is not None:
+        gpu_rps, gpu_device = gpu_rps_from(args.gpu_bench)
+    p = plan(rows, args.target_rps, args.target_utilisation, gpu_rps,
+             args.spare_gpu_replicas, load_image_classes(args.bench), args.image_class,
+             gpu_device)
 
     def shown(path: Path) -> str:
         resolved = path.resolve()
@@ -368,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "-m", "detect_deploy.capacity",
                           "--bench", shown(args.bench), "--out", shown(args.out), "--target-rps", f"{args.target_rps:g}",
                           "--target-utilisation", f"{args.target_utilisation:g}",
-                          "--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}",
+                          *(["--gpu-bench", shown(args.gpu_bench)] if args.gpu_bench else
+                            ["--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}"]),
                           "--spare-gpu-replicas", str(args.spare_gpu_replicas),
                           "--image-class", args.image_class])
     args.out.parent.mkdir(parents=True, exist_ok=True)

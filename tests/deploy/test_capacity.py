@@ -160,3 +160,26 @@ def test_committed_report_is_what_the_model_gives_for_the_committed_bench(tmp_pa
                             capture_output=True, text=True, timeout=60, cwd=DEPLOY.parent)
     assert result.returncode == 0, result.stderr
     assert out.read_text().split("## Target", 1)[1] == committed.split("## Target", 1)[1]
+
+
+def test_a_gpu_measurement_replaces_the_assumption_and_a_cpu_one_is_refused(tmp_path):
+    from detect_loadtest import gpu_network
+
+    measured = tmp_path / "gpu.json"
+    assert gpu_network.main(["--out", str(measured), "--batches", "1,2",
+                             "--seconds", "0.1"]) == 0
+    data = json.loads(measured.read_text())
+    centerface = data["networks"][0]
+    assert centerface["model"] == "centerface" and set(centerface["batches"]) == {"1", "2"}
+    assert data["device"] == "cpu"  # this machine has no GPU
+    with pytest.raises(capacity.InputError, match="not on a GPU"):
+        capacity.gpu_rps_from(measured)
+    centerface.update(provider="CUDAExecutionProvider", serving_images_per_s=1200.0)
+    data["device"] = "NVIDIA H100"
+    measured.write_text(json.dumps(data))
+    out = tmp_path / "CAPACITY.md"
+    assert capacity.main(["--bench", str(FIXTURE), "--out", str(out),
+                          "--gpu-bench", str(measured)]) == 0
+    text = out.read_text()
+    assert "**Measured on a GPU** (NVIDIA H100" in text and "Assumption" not in text
+    assert f"**{math.ceil(10_000 / (1200 * 0.65)) + 1} replicas**" in text
