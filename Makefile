@@ -36,7 +36,7 @@ else
 $(error BACKEND must be localtriton or triton, not '$(BACKEND)')
 endif
 
-.PHONY: lint triton bench bench-smoke profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
+.PHONY: lint triton bench bench-smoke bench-decoders profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
 
@@ -146,6 +146,18 @@ bench: venv triton system-deps protos models testdata
 
 bench-smoke: venv triton system-deps protos models testdata
 	$(BIN)/python -m detect_loadtest.bench --smoke --out build/bench-smoke
+
+# JPEG decoders compared for the preprocessing step (loadtest/decoders.py): the candidates
+# go beside the venv (build/decoders), never into it; PyTurboJPEG 2 needs libjpeg-turbo 3,
+# newer than Debian 12's libturbojpeg0.
+DECODERS := build/decoders/.installed
+$(DECODERS): | $(STAMP)
+	@command -v apt-get >/dev/null && { dpkg -s libturbojpeg0 >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0 >/dev/null; }; }
+	$(BIN)/python -m pip install --quiet --no-deps --target build/decoders simplejpeg==1.9.0 'PyTurboJPEG<2' opencv-python-headless==5.0.0.93
+	touch $@
+
+bench-decoders: venv models testdata $(DECODERS)
+	PYTHONPATH=build/decoders $(BIN)/python -m detect_loadtest.decoders
 
 # Where the proxy's CPU goes under load (py-spy): build/profile/summary.txt.
 PROFILE_ARGS ?=

@@ -133,5 +133,7 @@ class TritonPythonModel:
         # the full decode's CPU (a sixth for a 12 MP photo): ask libjpeg for the smallest
         # scale still at least the network input, then resize once. Other formats ignore it.
         image.draft("RGB", fit[::-1] if turned else fit)
-        image = to_rgb(ImageOps.exif_transpose(image))
-        return image.resize(fit, Image.BILINEAR), (width, height)
+        ImageOps.exif_transpose(image, in_place=True)  # a copy of 12 MP costs 50 ms
+        # Formats without DCT scaling (PNG, WebP) are first reduced by whole factors to
+        # at least twice the target, which halves the resize of a large image.
+        return to_rgb(image).resize(fit, Image.BILINEAR, reducing_gap=2.0), (width, height)
