@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from detect_envoy.settings import StackConfig
-from detect_envoy.typed import address, duration, typed
+from detect_envoy.typed import address, duration, extension, typed
 from detect_proxy.contract import SERVICE
 
 PROXY: Final = "detect_proxy"
@@ -113,6 +113,8 @@ def triton_cluster(config: StackConfig) -> dict[str, Any]:
         "base_ejection_time": "5s",
         "max_ejection_percent": 50,
     }
+    if config.triton_tls_ca:
+        cluster["transport_socket"] = _triton_tls(config)
     cluster["circuit_breakers"] = {"thresholds": [{
         "priority": "DEFAULT",
         "max_connections": 64,
@@ -124,6 +126,20 @@ def triton_cluster(config: StackConfig) -> dict[str, Any]:
         "retry_budget": {"budget_percent": {"value": 100.0}, "min_retry_concurrency": 64},
     }]}
     return cluster
+
+
+def _triton_tls(config: StackConfig) -> dict[str, Any]:
+    """TLS to the replicas (tritonserver ``--grpc-use-ssl``), for calls and health checks
+    alike: ALPN h2, which gRPC servers expect, the replica's chain verified against the CA,
+    and with a server name, SNI and that name among the certificate's DNS SANs."""
+    validation: dict[str, Any] = {"trusted_ca": {"filename": config.triton_tls_ca}}
+    context: dict[str, Any] = {"common_tls_context": {
+        "alpn_protocols": ["h2"], "validation_context": validation}}
+    if config.triton_tls_server_name:
+        context["sni"] = config.triton_tls_server_name
+        validation["match_typed_subject_alt_names"] = [{
+            "san_type": "DNS", "matcher": {"exact": config.triton_tls_server_name}}]
+    return extension("envoy.transport_sockets.tls", "UpstreamTlsContext", **context)
 
 
 def _local(name: str, host_port: str) -> dict[str, Any]:

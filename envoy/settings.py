@@ -79,6 +79,13 @@ class StackConfig:
         "help": "HTTP/2 PING interval on the connections to Triton"})
     triton_keepalive_timeout_s: int = field(default=3, metadata={
         "help": "a Triton connection whose PING is unanswered this long is closed"})
+    triton_tls_ca: str = field(default="", metadata={
+        "help": "CA certificate (PEM file) of Triton's gRPC TLS: when set, connections to "
+                "the replicas (calls and health checks) are TLS, ALPN h2, their certificate "
+                "verified against this CA (empty: plaintext, as on one host)"})
+    triton_tls_server_name: str = field(default="", metadata={
+        "help": "with --triton-tls-ca: the SNI sent to every replica and the DNS name its "
+                "certificate must carry (empty: no SNI, any certificate of the CA)"})
     health_interval_ms: int = field(default=1000, metadata={
         "help": "active gRPC health-check interval, proxies and Triton replicas"})
     proxy_dns: bool = field(default=False, metadata={

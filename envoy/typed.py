@@ -31,6 +31,7 @@ MESSAGES: Final[dict[str, str]] = {
     "PreviousHostsPredicate": "retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "HttpProtocolOptions": "upstreams.http.v3.HttpProtocolOptions",
     "DnsCluster": "clusters.dns.v3.DnsCluster",
+    "UpstreamTlsContext": "transport_sockets.tls.v3.UpstreamTlsContext",
     # Bootstrap
     "DownstreamConnectionsConfig":
         "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",

@@ -9,12 +9,16 @@ limits or error mapping.
 
     python -m detect_loadtest.baseline_client_per_request --listen 127.0.0.1:50061 \
         --triton-url 127.0.0.1:8001
+
+With ``--triton-ca ca.crt`` each of those connections is TLS (Triton started with
+``--grpc-use-ssl``), a full handshake per call, as between hosts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -30,10 +34,14 @@ CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1),
 OUTPUTS = tuple(contract.OUTPUTS)
 
 
-def handlers(triton_url: str) -> grpc.GenericRpcHandler:
+def handlers(triton_url: str, triton_ca: bytes | None = None) -> grpc.GenericRpcHandler:
+    # tritonclient's root_certificates is a file it would read at every call: the CA read
+    # once goes in as credentials (no session cache: every connection negotiates anew).
+    creds = grpc.ssl_channel_credentials(root_certificates=triton_ca) if triton_ca else None
+
     async def detect(request: detect_pb2.DetectRequest, context) -> detect_pb2.DetectResponse:
         client = triton_aio.InferenceServerClient(  # the anti-pattern
-            triton_url, channel_args=CHANNEL_ARGS)
+            triton_url, ssl=creds is not None, creds=creds, channel_args=CHANNEL_ARGS)
         try:
             tensor = triton_aio.InferInput("IMAGE", [1, 1], "BYTES")
             tensor.set_data_from_numpy(np.array([[request.image]], dtype=np.object_))
@@ -56,9 +64,9 @@ def handlers(triton_url: str) -> grpc.GenericRpcHandler:
             response_serializer=detect_pb2.DetectResponse.SerializeToString)})
 
 
-async def serve(listen: str, triton_url: str) -> None:
+async def serve(listen: str, triton_url: str, triton_ca: bytes | None = None) -> None:
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handlers(triton_url),))
+    server.add_generic_rpc_handlers((handlers(triton_url, triton_ca),))
     server.add_insecure_port(listen)
     await server.start()
     await server.wait_for_termination()
@@ -68,5 +76,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:50061")
     parser.add_argument("--triton-url", default="127.0.0.1:8001")
+    parser.add_argument("--triton-ca", type=Path, default=None,
+                        help="CA certificate (PEM) of Triton's TLS; connect over TLS with it")
     args = parser.parse_args()
-    asyncio.run(serve(args.listen, args.triton_url))
+    asyncio.run(serve(args.listen, args.triton_url,
+                      args.triton_ca.read_bytes() if args.triton_ca else None))

@@ -41,7 +41,15 @@ from detect_proxy import contract
 from detect_proxy.models import from_config
 from detect_stack.phone_photos import SIZES as PHONE_PHOTOS
 from detect_stack.promtext import Sample, scrape, value
-from detect_stack.servers import BACKENDS, free_port, localtriton, proxy, running, triton_server
+from detect_stack.servers import (
+    BACKENDS,
+    free_port,
+    localtriton,
+    proxy,
+    running,
+    triton_client,
+    triton_server,
+)
 from detect_stack.stack import envoy, make_certs, stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +71,7 @@ class Front:
     channel: Callable[[], grpc.Channel] | None = None  # for the sampling client
     proxy_metrics: list[int] = field(default_factory=list)  # proxies' Prometheus ports
     path: str = DETECT_PATH
+    backend_tls: Path | None = None  # certificates of a backend that serves TLS only
 
 
 def _plain(target: str) -> Callable[[], grpc.Channel]:
@@ -77,9 +86,11 @@ def proxy_front(tmp: Path, triton: str, flags: tuple[str, ...]) -> Iterator[Fron
 
 
 @contextlib.contextmanager
-def baseline_front(tmp: Path, triton: str, script: str, sampled: bool = True) -> Iterator[Front]:
+def baseline_front(tmp: Path, triton: str, script: str, sampled: bool = True,
+                   tls: Path | None = None) -> Iterator[Front]:
     """A baseline program of loadtest/ (the pass-through floor, the client per request).
-    The floor returns Triton's answer untranslated, so it cannot be sampled (sampled=False)."""
+    The floor returns Triton's answer untranslated, so it cannot be sampled (sampled=False).
+    ``tls``: the backend serves TLS with these certificates (client per request only)."""
     target = f"127.0.0.1:{free_port()}"
 
     def ready() -> bool:
@@ -88,10 +99,10 @@ def baseline_front(tmp: Path, triton: str, script: str, sampled: bool = True) ->
             return True
 
     args = [sys.executable, "-m", f"detect_loadtest.{script}", "--listen", target,
-            "--triton-url", triton]
+            "--triton-url", triton, *(["--triton-ca", str(tls / "ca.crt")] if tls else [])]
     with running(args, tmp / f"{script}.log", ready) as proc:
         yield Front(f"http://{target}", {"front": [proc.popen.pid]},
-                    _plain(target) if sampled else None)
+                    _plain(target) if sampled else None, backend_tls=tls)
 
 
 @contextlib.contextmanager
@@ -115,6 +126,20 @@ def envoy_front(tmp: Path, triton: str, processes: int) -> Iterator[Front]:
 
 
 @contextlib.contextmanager
+def tls_egress_front(tmp: Path, triton: str, certs: Path) -> Iterator[Front]:
+    """The proxy sending through Envoy's egress, which keeps TLS connections to a backend
+    that serves TLS only: the pool across a TLS hop, as between hosts."""
+    metrics = free_port()
+    with envoy(tmp, certs, [], [triton], triton_tls_ca=str(certs / "ca.crt"),
+               triton_tls_server_name="localhost", **UNLIMITED) as edge, \
+            proxy(tmp, f"127.0.0.1:{edge.egress_port}", *PROXY_FLAGS, *NO_AGGREGATION,
+                  metrics_port=metrics) as (target, proc):
+        yield Front(f"http://{target}", {"front": [proc.popen.pid],
+                                         "envoy": [edge.process.popen.pid]},
+                    _plain(target), [metrics], backend_tls=certs)
+
+
+@contextlib.contextmanager
 def stack_front(tmp: Path) -> Iterator[tuple[Front, list[str]]]:
     """The whole stack of `make run`: Envoy, two proxies, two backend replicas."""
     with stack(tmp, replicas=2, proxies=2, proxy_flags=PROXY_FLAGS, **UNLIMITED) as s:
@@ -126,12 +151,13 @@ def stack_front(tmp: Path) -> Iterator[tuple[Front, list[str]]]:
                     s.envoy.channel, ports), [url for url, _ in s.tritons]
 
 
-def _stats(urls: list[str], model: str) -> tuple[int, dict[str, int]]:
+def _stats(urls: list[str], model: str,
+           tls: Path | None = None) -> tuple[int, dict[str, int]]:
     """Rows the backends inferred for ``model`` and their batch-size histogram, summed."""
     rows = 0
     sizes: dict[str, int] = {}
     for url in urls:
-        with grpcclient.InferenceServerClient(url) as client:
+        with triton_client(url, tls) as client:
             stats = client.get_inference_statistics(model).model_stats[0]
         rows += stats.inference_count
         for b in stats.batch_stats:
@@ -166,11 +192,12 @@ def measure(name: str, group: str, front: Front, tritons: list[str], model: str,
     url = front.url + front.path
     h2load.run(url, body, Load(max(20, load.requests // 10), load.clients, load.streams),
                tmp / f"{name}-warmup.log", timeout_s)
-    expected = expected_detections(tritons[0], model, image)
+    expected = expected_detections(tritons[0], model, image, front.backend_tls)
+    stats = functools.partial(_stats, tls=front.backend_tls)
     pids = front.pids
     before_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
-    before_rows, before_sizes = _stats(tritons, batch_model)
-    before_model_rows = _stats(tritons, model)[0] if batch_model != model else before_rows
+    before_rows, before_sizes = stats(tritons, batch_model)
+    before_model_rows = stats(tritons, model)[0] if batch_model != model else before_rows
     before_ok = _ok_calls(front.proxy_metrics) if front.proxy_metrics else (0, 0)
     sampler = None
     if front.channel is not None:
@@ -185,8 +212,8 @@ def measure(name: str, group: str, front: Front, tritons: list[str], model: str,
         if sampler:
             channel.close()
     after_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
-    after_rows, after_sizes = _stats(tritons, batch_model)
-    after_model_rows = _stats(tritons, model)[0] if batch_model != model else after_rows
+    after_rows, after_sizes = stats(tritons, batch_model)
+    after_model_rows = stats(tritons, model)[0] if batch_model != model else after_rows
     calls = load.requests + samples["samples"] + sum(samples["errors"].values())
     out = {"scenario": name, "group": group, "model": model, "requests": load.requests,
            **result, "sampled": samples,
@@ -313,6 +340,17 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
             add("client-per-request", "overhead",
                 baseline_front(tmp, triton, "baseline_client_per_request"))
         results[:] = median_rounds(results)
+    # (a) across a TLS hop: the same two against a backend that serves TLS only.
+    certs = make_certs(tmp / "backend-certs")
+    with localtriton(tmp, tls=certs) as (triton, backend):
+        tritons, pid = [triton], backend.popen.pid
+        for _ in range(args.rounds):
+            add("proxy tls", "overhead-tls", tls_egress_front(tmp, triton, certs))
+            add("client-per-request tls", "overhead-tls",
+                baseline_front(tmp, triton, "baseline_client_per_request", tls=certs))
+    results[:] = median_rounds(results)
+    with localtriton(tmp) as (triton, backend):
+        tritons, pid = [triton], backend.popen.pid
         # Open loop: the same arrival rate for each, half of what the floor sustained.
         floor_rps = next(r["rps"] for r in results if r["scenario"] == "floor")
         rate = max(1.0, round(floor_rps * args.open_loop_share / args.clients))

@@ -9,6 +9,7 @@ outside the path under test): same boxes, scores and classes, within float toler
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,13 +17,16 @@ import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_proxy import contract
+from detect_stack.servers import triton_client
 
 OUTPUTS = tuple(contract.OUTPUTS)
 
 
-def expected_detections(triton_url: str, model: str, image: bytes) -> np.ndarray:
-    """Rows of (x_min, y_min, x_max, y_max, score, class) straight from the backend."""
-    with grpcclient.InferenceServerClient(triton_url) as client:
+def expected_detections(triton_url: str, model: str, image: bytes,
+                        tls: Path | None = None) -> np.ndarray:
+    """Rows of (x_min, y_min, x_max, y_max, score, class) straight from the backend (over TLS
+    with the certificates in ``tls``)."""
+    with triton_client(triton_url, tls) as client:
         batching = client.get_model_config(model).config.max_batch_size > 0
         shape = [1, 1] if batching else [1]
         tensor = grpcclient.InferInput("IMAGE", shape, "BYTES")

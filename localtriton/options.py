@@ -25,9 +25,39 @@ class Options:
     grpc_http2_max_pings_without_data: int
     grpc_http2_min_recv_ping_interval_without_data: int
     grpc_http2_max_ping_strikes: int
+    grpc_use_ssl: bool
+    grpc_use_ssl_mutual: bool
+    grpc_server_cert: Path | None
+    grpc_server_key: Path | None
+    grpc_root_cert: Path | None
     metrics_port: int
     exit_timeout_secs: float
     log_verbose: int
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port serves TLS: ``--grpc-use-ssl-mutual`` implies it, as in
+        tritonserver."""
+        return self.grpc_use_ssl or self.grpc_use_ssl_mutual
+
+    def tls_errors(self) -> list[str]:
+        """What is inconsistent in the TLS flags (empty when they can be served)."""
+        errors = []
+        if self.tls:
+            for flag, value in (("--grpc-server-cert", self.grpc_server_cert),
+                                ("--grpc-server-key", self.grpc_server_key)):
+                if value is None:
+                    errors.append(f"TLS (--grpc-use-ssl) needs {flag}")
+            if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
+                errors.append("--grpc-use-ssl-mutual needs --grpc-root-cert (the CA that "
+                              "signs client certificates)")
+        else:
+            for flag, value in (("--grpc-server-cert", self.grpc_server_cert),
+                                ("--grpc-server-key", self.grpc_server_key),
+                                ("--grpc-root-cert", self.grpc_root_cert)):
+                if value is not None:
+                    errors.append(f"{flag} is given but TLS is off (add --grpc-use-ssl true)")
+        return errors
 
     def grpc_server_options(self) -> list[tuple[str, int]]:
         """Channel arguments tritonserver sets on its gRPC server for the same flags."""
@@ -74,6 +104,15 @@ _FLAGS: list[tuple[str, Callable[[str], Any], object, str]] = [
      "sooner is a strike"),
     ("--grpc-http2-max-ping-strikes", int, 2,
      "strikes allowed before the server sends GOAWAY too_many_pings (0: unlimited)"),
+    ("--grpc-use-ssl", _bool, False,
+     "serve gRPC over TLS with --grpc-server-cert and --grpc-server-key"),
+    ("--grpc-use-ssl-mutual", _bool, False,
+     "serve gRPC over TLS and require client certificates signed by --grpc-root-cert "
+     "(implies --grpc-use-ssl)"),
+    ("--grpc-server-cert", Path, None, "PEM file of the server certificate (chain) for TLS"),
+    ("--grpc-server-key", Path, None, "PEM file of the server certificate's private key"),
+    ("--grpc-root-cert", Path, None,
+     "PEM file of the CA that client certificates must chain to, with --grpc-use-ssl-mutual"),
     ("--metrics-port", int, 0,
      "port for Triton-compatible Prometheus metrics on the gRPC address (tritonserver "
      "defaults to 8002; 0 here turns them off so that several replicas can share a host)"),
@@ -104,4 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    return Options(**vars(build_parser().parse_args(argv)))
+    parser = build_parser()
+    options = Options(**vars(parser.parse_args(argv)))
+    errors = options.tls_errors()
+    if errors:
+        parser.error("; ".join(errors))
+    return options

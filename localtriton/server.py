@@ -19,6 +19,20 @@ from .service import InferenceService
 log = logging.getLogger(__name__)
 
 
+def server_credentials(options: Options) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port as tritonserver sets it up from the same flags (None: plaintext):
+    the server certificate and key, and with ``--grpc-use-ssl-mutual`` a client certificate
+    signed by ``--grpc-root-cert`` required of every caller."""
+    if not options.tls:
+        return None
+    assert options.grpc_server_cert and options.grpc_server_key  # parse() checked
+    pair = (options.grpc_server_key.read_bytes(), options.grpc_server_cert.read_bytes())
+    if options.grpc_use_ssl_mutual:
+        assert options.grpc_root_cert
+        return grpc.ssl_server_credentials([pair], options.grpc_root_cert.read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials([pair])
+
 
 class TritonHealth(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 as tritonserver serves it: ``Check`` answers for the whole server
@@ -44,12 +58,14 @@ class LocalTriton:
         self.metrics: ThreadingHTTPServer | None = None
 
     async def start(self) -> None:
+        credentials = server_credentials(self.options)  # a missing file fails before loading
         await self.repository.load()
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.repository), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.options.grpc_address}:{self.options.grpc_port}"
-        self.port = self.server.add_insecure_port(address)
+        self.port = (self.server.add_secure_port(address, credentials) if credentials
+                     else self.server.add_insecure_port(address))
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
@@ -57,8 +73,11 @@ class LocalTriton:
         if self.options.metrics_port:
             self.metrics = metrics.serve(self.repository, self.options.grpc_address,
                                          self.options.metrics_port)
-        log.info("Started GRPCInferenceService at %s:%d serving %s",
-                 self.options.grpc_address, self.port, ", ".join(self.repository.names()))
+        log.info("Started GRPCInferenceService at %s:%d%s serving %s",
+                 self.options.grpc_address, self.port,
+                 " (mutual TLS)" if self.options.grpc_use_ssl_mutual
+                 else " (TLS)" if self.options.tls else "",
+                 ", ".join(self.repository.names()))
 
     async def stop(self) -> None:
         """As tritonserver does: NOT_SERVING, refuse new requests (UNAVAILABLE, which callers

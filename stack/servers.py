@@ -95,10 +95,23 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "conditi
     raise AssertionError(f"{what} not met within {timeout}s")
 
 
-def localtriton_ready(url: str) -> bool:
+def triton_client(url: str, tls: Path | None = None):
+    """A tritonclient gRPC client for ``url``; with ``tls`` (a directory made by
+    ``detect_stack.stack.make_certs``) over TLS, trusting its ``ca.crt`` and presenting the
+    client certificate ``client-alpha`` for servers started with ``--grpc-use-ssl-mutual``."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(url)
+    if tls is None:
+        return grpcclient.InferenceServerClient(url)
+    return grpcclient.InferenceServerClient(
+        url, ssl=True, root_certificates=str(tls / "ca.crt"),
+        private_key=str(tls / "client-alpha.key"),
+        certificate_chain=str(tls / "client-alpha.crt"))
+
+
+def localtriton_ready(url: str, tls: Path | None = None) -> bool:
+    """Whether the Triton-protocol server at ``url`` is ready (over TLS with ``tls``)."""
+    client = triton_client(url, tls)
     try:
         return client.is_server_ready()
     finally:
@@ -113,23 +126,34 @@ BACKENDS = (LOCALTRITON, TRITON)
 _MODULES = {LOCALTRITON: "detect_localtriton", TRITON: "detect_localtriton.tritonserver"}
 
 
+def tls_flags(tls: Path) -> tuple[str, ...]:
+    """tritonserver's flags serving gRPC over TLS with the server certificate of a directory
+    made by ``detect_stack.stack.make_certs`` (valid for 127.0.0.1 and localhost)."""
+    return ("--grpc-use-ssl", "true", "--grpc-server-cert", str(tls / "server.crt"),
+            "--grpc-server-key", str(tls / "server.key"))
+
+
 @contextlib.contextmanager
 def triton_server(kind: str, tmp_path: Path, *flags: str, port: int | None = None,
-                  repository: Path = MODEL_REPOSITORY) -> Iterator[tuple[str, Process]]:
+                  repository: Path = MODEL_REPOSITORY,
+                  tls: Path | None = None) -> Iterator[tuple[str, Process]]:
     """A real Triton-protocol server of ``kind`` serving the project's (or another) model
-    repository. Both take tritonserver's flag names."""
+    repository. Both take tritonserver's flag names. With ``tls`` (a certificate directory,
+    ``detect_stack.stack.make_certs``) it serves TLS only, and is probed through it."""
     port = port or free_port()
     url = f"127.0.0.1:{port}"
     args = [sys.executable, "-m", _MODULES[kind], "--model-repository", str(repository),
-            "--grpc-port", str(port), *flags]
-    with running(args, tmp_path / f"{kind}-{port}.log", lambda: localtriton_ready(url)) as proc:
+            "--grpc-port", str(port), *(tls_flags(tls) if tls else ()), *flags]
+    with running(args, tmp_path / f"{kind}-{port}.log",
+                 lambda: localtriton_ready(url, tls)) as proc:
         yield url, proc
 
 
 def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
-                repository: Path = MODEL_REPOSITORY):
+                repository: Path = MODEL_REPOSITORY, tls: Path | None = None):
     """A real ``python -m detect_localtriton``."""
-    return triton_server(LOCALTRITON, tmp_path, *flags, port=port, repository=repository)
+    return triton_server(LOCALTRITON, tmp_path, *flags, port=port, repository=repository,
+                         tls=tls)
 
 
 def health_status(target: str, service: str = "", timeout: float = 2.0) -> int:

@@ -126,15 +126,21 @@ class Stack:
 def stack(tmp_path: Path, replicas: int = 2, proxies: int = 2,
           triton_flags: tuple[str, ...] = TRITON_KEEPALIVE_FLAGS,
           proxy_flags: tuple[str, ...] = (), backend: str = LOCALTRITON,
-          **settings) -> Iterator[Stack]:
+          triton_tls: bool = False, **settings) -> Iterator[Stack]:
+    """With ``triton_tls`` the replicas serve TLS (the stack's certificates) and Envoy's
+    egress originates it, as between hosts."""
     certs = make_certs(tmp_path / "certs")
+    if triton_tls:
+        settings = {"triton_tls_ca": str(certs / "ca.crt"),
+                    "triton_tls_server_name": "localhost", **settings}
     egress_port = free_port()
     proxy_ports = [free_port() for _ in range(proxies)]
     triton_metrics = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
     proxy_metrics = [f"127.0.0.1:{free_port()}" for _ in range(proxies)]
     with contextlib.ExitStack() as es:
         tritons = [es.enter_context(triton_server(backend, tmp_path, *triton_flags,
-                                                  "--metrics-port", m.rsplit(":", 1)[1]))
+                                                  "--metrics-port", m.rsplit(":", 1)[1],
+                                                  tls=certs if triton_tls else None))
                    for m in triton_metrics]
         started: list[tuple[str, Process]] = []
         edge = es.enter_context(_envoy_then_proxies(

@@ -50,4 +50,5 @@ def test_report_renders_every_figure_of_a_full_run(tmp_path):
     for heading in ("(a) Shared pool", "(b) Proxy CPU", "(c) Latency added", "(d) face_detector",
                     "(e) One proxy process", "Open loop", "Every scenario"):
         assert heading in text
-    assert text.count("**met**") + text.count("**missed**") == 6  # (a) x2, (b) x2, (c), (d)
+    assert "Across a TLS hop" in text
+    assert text.count("**met**") + text.count("**missed**") == 7  # (a) x3, (b) x2, (c), (d)
