@@ -8,7 +8,8 @@ import sys
 
 from detect_stack.servers import ROOT
 
-SCENARIOS = ["proxy", "proxy+aggregation", "floor", "client-per-request", "proxy open-loop",
+SCENARIOS = ["proxy", "proxy+aggregation", "floor", "client-per-request", "proxy tls",
+             "client-per-request tls", "proxy open-loop",
              "proxy+aggregation open-loop", "floor open-loop", "direct", "floor c=1",
              "proxy c=1", "proxy+aggregation c=1", "envoy+proxy c=1",
              "localtriton null_detector", "tritonserver null_detector"]
