@@ -6,11 +6,13 @@ import time
 import urllib.request
 
 import grpc
+import numpy as np
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_stack.makerun import make_run
-from detect_stack.servers import TRITON
+from detect_stack.reference_centerface import iou
+from detect_stack.servers import TESTDATA, TRITON
 
 
 def test_make_run_then_ctrl_c(tmp_path, backend):
@@ -32,6 +34,16 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
             # Callers see the detector only: pipeline steps and the benchmark model are hidden.
             listed = stub.ListModels(detect_pb2.ListModelsRequest(), timeout=10)
             assert [m.name for m in listed.models] == ["face_detector"]
+            # A 12 MP phone photo (decoded at reduced scale) finds the face the 1 MP one
+            # does, in its own pixels.
+            boxes = {}
+            for name in ("phone-12mp.jpg", "phone-1mp.jpg"):
+                answer = stub.Detect(detect_pb2.DetectRequest(
+                    image=(TESTDATA / name).read_bytes(), model="face_detector"), timeout=30)
+                assert len(answer.detections) == 1, (name, answer)
+                b = answer.detections[0].box
+                boxes[name] = np.array([b.x_min, b.y_min, b.x_max, b.y_max])
+            assert iou(boxes["phone-12mp.jpg"], boxes["phone-1mp.jpg"] * 4032 / 1152) >= 0.95
             for size in (8 * 1024 * 1024 + 1, 20_000_000):
                 try:
                     stub.Detect(detect_pb2.DetectRequest(image=b"\x89PNG" + b"\x00" * size),
