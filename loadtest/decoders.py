@@ -39,7 +39,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -47,7 +46,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import util as importlib_util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,13 +53,14 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, features
 
-from detect_localtriton import triton_python_backend_utils
+from detect_loadtest import pipeline_limit
+from detect_localtriton.model_config import load as load_config
+from detect_localtriton.model_config import string_parameter
 from detect_stack import phone_photos
+from detect_stack.reference_centerface import iou as reference_iou
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "model_repository" / "centerface" / "1" / "model.onnx"
-POSTPROCESS = ROOT / "model_repository" / "postprocess" / "1" / "model.py"
-POSTPROCESS_CONFIG = ROOT / "model_repository" / "postprocess" / "config.pbtxt"
 TESTDATA = ROOT / "build" / "testdata"
 OUT = ROOT / "loadtest" / "results" / "decoders"
 SIZES = (512, 416)
@@ -358,15 +357,12 @@ class Faces:
         self.session = ort.InferenceSession(str(self.model), options,
                                             providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
-        sys.modules.setdefault("triton_python_backend_utils", triton_python_backend_utils)
-        spec = importlib_util.spec_from_file_location("decoders_postprocess", POSTPROCESS)
-        if spec is None or spec.loader is None:
-            raise RuntimeError(f"cannot load {POSTPROCESS}")
-        self.post = importlib_util.module_from_spec(spec)
-        spec.loader.exec_module(self.post)
-        config = POSTPROCESS_CONFIG.read_text()
-        self.threshold = _parameter(config, "score_threshold", self.threshold)
-        self.iou_threshold = _parameter(config, "nms_iou_threshold", self.iou_threshold)
+        self.post = pipeline_limit.repository_module("postprocess")
+        config = load_config(pipeline_limit.REPOSITORY / "postprocess")
+        self.threshold = float(string_parameter(config, "score_threshold",
+                                                str(self.threshold)))
+        self.iou_threshold = float(string_parameter(config, "nms_iou_threshold",
+                                                    str(self.iou_threshold)))
 
     def best(self, pixels: np.ndarray, size: int) -> dict[str, Any]:
         """The highest-scoring face after NMS, in network-input pixels, and the face count."""
@@ -384,19 +380,10 @@ class Faces:
                 "best_score": round(float(scores[keep[0]]), 4)}
 
 
-def _parameter(config: str, key: str, default: float) -> float:
-    match = re.search(rf'key:\s*"{key}"\s*value:\s*{{\s*string_value:\s*"([^"]+)"', config)
-    return float(match.group(1)) if match else default
-
-
 def iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float | None:
     if a is None or b is None:
         return None
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return round(inter / union, 4) if union > 0 else None
+    return round(reference_iou(np.asarray(a), np.asarray(b)), 4)
 
 
 def measure(photos: dict[str, bytes], sizes: Sequence[int], loaded: Sequence[Loaded],

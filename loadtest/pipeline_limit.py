@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -36,16 +37,21 @@ REPOSITORY = ROOT / "model_repository"
 STEPS = ("preprocess", "network", "postprocess")
 
 
-def _python_model(name: str) -> Any:
-    """The repository's ``model.py`` of ``name``, initialised as the Python backend does."""
+def repository_module(name: str) -> ModuleType:
+    """The repository's ``model.py`` of ``name``, imported as Triton's Python backend does."""
     sys.modules.setdefault("triton_python_backend_utils", pb_utils)  # what Triton's stub provides
-    config = load(REPOSITORY / name)
     spec = importlib.util.spec_from_file_location(f"pipeline_{name}",
                                                   REPOSITORY / name / "1" / "model.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    model = module.TritonPythonModel()
+    return module
+
+
+def _python_model(name: str) -> Any:
+    """The repository's ``model.py`` of ``name``, initialised as the Python backend does."""
+    model = repository_module(name).TritonPythonModel()
+    config = load(REPOSITORY / name)
     model.initialize({"model_config": config_as_json(config), "model_repository":
                       str(REPOSITORY / name), "model_version": "1", "model_name": name})
     return model
