@@ -46,7 +46,7 @@ all: venv protos models
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet grpcio-tools
+	$(BIN)/python -m pip install --quiet grpcio-tools googleapis-common-protos
 	$(GENERATE_STUBS)  # before the install, so that it maps them
 	$(BIN)/python -m pip install --quiet -e './client[draw]'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -26,17 +26,24 @@ DESCRIPTOR_SET_SUFFIX = "_descriptor_set.pb"
 
 
 def generate_stubs() -> None:
+    import importlib.util
+
     import grpc_tools
     from grpc_tools import protoc
 
     protos = PROTOS
     include = Path(grpc_tools.__file__).parent / "_proto"
+    # google/rpc/status.proto ships with googleapis-common-protos, beside its modules.
+    status = importlib.util.find_spec("google.rpc.status_pb2")
+    if status is None or status.origin is None:
+        raise RuntimeError("googleapis-common-protos is needed to build the stubs")
+    googleapis = Path(status.origin).parents[2]
     for proto in sorted(protos.rglob("*.proto")):
         rel = proto.relative_to(protos)
         descriptor_set = ROOT / rel.parent / f"{rel.stem}{DESCRIPTOR_SET_SUFFIX}"
         descriptor_set.parent.mkdir(parents=True, exist_ok=True)
-        args = ["grpc_tools.protoc", f"-I{protos}", f"-I{include}", f"--python_out={ROOT}",
-                f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}",
+        args = ["grpc_tools.protoc", f"-I{protos}", f"-I{include}", f"-I{googleapis}",
+                f"--python_out={ROOT}", f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}",
                 "--include_source_info", "--include_imports",
                 f"--descriptor_set_out={descriptor_set}", str(rel)]
         if protoc.main(args) != 0:

@@ -94,6 +94,27 @@ class MicroBatcher:
             self._schedule(queue)
         return await asyncio.shield(pending.future)
 
+    async def submit_batch(self, model: DetectorModel, images: list[Image], deadline: float,
+                           request_id: str) -> list[Answer | ProxyError]:
+        """One caller's several images, sent at once as batches of the model's
+        max_batch_size: each image's (result, row), or its own error."""
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(image, deadline, request_id, loop.create_future())
+                   for image in images]
+        size = model.max_batch_size or 1
+        await asyncio.gather(*(self._run(model, pending[i:i + size])
+                               for i in range(0, len(pending), size)))
+        outcomes: list[Answer | ProxyError] = []
+        for p in pending:
+            error = p.future.exception()
+            if error is None:
+                outcomes.append(p.future.result())
+            elif isinstance(error, ProxyError):
+                outcomes.append(error)
+            else:
+                raise error
+        return outcomes
+
     def _schedule(self, queue: _Queue) -> None:
         """Flush when the most pressed call has waited all it may."""
         loop = asyncio.get_running_loop()

@@ -5,10 +5,17 @@ server has (the detectors; their pipeline steps and single benchmark models stay
 hidden model is answered exactly like a missing one, NOT_FOUND listing what exists, so
 callers never meet a pipeline step's internal tensors. Entries are dropped when the server
 stops knowing a model, so newly deployed models are found without a restart.
+
+For the result cache, each model in use is also ``Resolved``: the version that answers a call
+naming none (the highest ready one, as Triton picks) and an epoch digest of the operator's
+deployment epoch, the model's config (an ensemble's with its steps') and every model version
+the server has. ``refresh`` re-reads them, so a new version or config changes the cache key
+within one refresh interval.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,12 +37,25 @@ class Listed:
     versions: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Resolved:
+    version: str  # the version a call naming none runs; "" when the server does not say
+    epoch: str  # changes whenever a config, a model version or the deployment epoch does
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
 class Catalogue:
-    def __init__(self, upstream: Upstream, exposed: tuple[str, ...] = ()) -> None:
+    def __init__(self, upstream: Upstream, exposed: tuple[str, ...] = (),
+                 deployment_epoch: str = "") -> None:
         """``exposed``: the model names callers may use; empty: every ensemble."""
         self._upstream = upstream
         self._exposed = frozenset(exposed)
+        self._epoch = deployment_epoch
         self._models: dict[str, DetectorModel] = {}
+        self._resolved: dict[str, Resolved] = {}
 
     async def get(self, name: str) -> DetectorModel:
         model = self._models.get(name) or await self._describe(name)
@@ -52,6 +72,53 @@ class Catalogue:
 
     def forget(self, name: str) -> None:
         self._models.pop(name, None)
+        self._resolved.pop(name, None)
+
+    async def resolved(self, name: str) -> Resolved:
+        resolved = self._resolved.get(name)
+        if resolved is None:
+            resolved = self._resolved[name] = await self._resolve(name)
+        return resolved
+
+    async def refresh(self) -> None:
+        """Re-resolve every model in use (a failure keeps what was known)."""
+        for name in list(self._resolved):
+            try:
+                resolved = await self._resolve(name)
+            except ProxyError as exc:
+                log.debug("model %s not re-resolved: %s", name, exc.message)
+                continue
+            if resolved != self._resolved.get(name):
+                log.info("model %s: version %s, cache epoch %s", name, resolved.version,
+                         resolved.epoch)
+            self._resolved[name] = resolved
+
+    async def _resolve(self, name: str) -> Resolved:
+        index = await self._upstream.repository_index()
+        digest = hashlib.sha256(self._epoch.encode())
+        ready = []
+        for entry in sorted(index.models, key=lambda e: (e.name, e.version)):
+            digest.update(f"{entry.name}/{entry.version}/{entry.state}\n".encode())
+            if entry.name == name and entry.state in ("READY", "") and entry.version:
+                ready.append(entry.version)
+        pending, seen = [name], set()
+        while pending:  # the model's config and, for an ensemble, its steps' configs
+            step = pending.pop()
+            if step in seen:
+                continue
+            seen.add(step)
+            try:
+                config = await self._upstream.model_config(step)
+            except ProxyError as exc:
+                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                metadata = await self._upstream.model_metadata(step)
+                digest.update(metadata.SerializeToString(deterministic=True))
+                continue
+            digest.update(config.SerializeToString(deterministic=True))
+            pending += [s.model_name for s in config.ensemble_scheduling.step]
+        version = max(ready, key=_version_order) if ready else ""
+        return Resolved(version, digest.hexdigest()[:16])
 
     async def not_found(self, name: str) -> ProxyError:
         """The server does not have ``name`` (any more), or hides it: forget it and say

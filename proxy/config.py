@@ -92,6 +92,35 @@ class ProxyConfig:
              "balancers stop sending before the listener closes")
     shutdown_grace_s: float = setting(
         10.0, "then, seconds in-flight calls get to finish")
+    cache_max_bytes: int = setting(
+        64 * 1024 * 1024, "in-process result cache, least recently used first out, bounded "
+                          "in bytes of answers (0: no in-process tier)")
+    cache_ttl_s: float = setting(
+        3_600.0, "how long a cached answer is served, in both tiers (0: no caching at all)")
+    cache_epoch: str = setting(
+        "", "deployment epoch in every cache key: change it (e.g. to the model repository's "
+            "revision) when weights change under the same model version; a model's config is "
+            "part of the key anyway")
+    redis_url: str = setting(
+        "", "shared cache tier across proxy processes and pods, redis://host:port/db "
+            "(empty: in-process tier only); a Redis outage costs hit rate, never a call")
+    redis_timeout_ms: int = setting(
+        50, "a Redis lookup or store slower than this counts as a miss (or is dropped)")
+    redis_retry_ms: int = setting(
+        1_000, "after a Redis error, calls skip Redis this long before it is tried again")
+    model_refresh_ms: int = setting(
+        2_000, "how often the versions and configs of the models in use are re-read: a new "
+               "version or config changes their cache keys within this")
+    max_batch_images: int = setting(
+        16, "most images in one DetectBatch call")
+    stream_window: int = setting(
+        8, "images of one DetectStream in flight at once; the next is read only when one is "
+           "answered, so HTTP/2 flow control holds a faster sender back")
+    stream_max_images: int = setting(
+        10_000, "most images one DetectStream may carry")
+    stream_max_duration_s: float = setting(
+        600.0, "longest a DetectStream may last; it then ends with DEADLINE_EXCEEDED after "
+               "answering what it accepted")
     metrics_port: int = setting(
         9464, "Prometheus metrics port on 127.0.0.1 (0 disables)")
     trace_exporter: str = setting(
@@ -153,4 +182,11 @@ def parse(argv: list[str] | None = None) -> ProxyConfig:
         raise SystemExit("--max-upstream-calls must be at least 1")
     if config.max_queue_wait_ms < 0:
         raise SystemExit("--max-queue-wait-ms must be at least 0")
+    if config.cache_max_bytes < 0 or config.cache_ttl_s < 0:
+        raise SystemExit("--cache-max-bytes and --cache-ttl-s must be at least 0")
+    if config.redis_url and not config.redis_url.startswith(("redis://", "unix://")):
+        raise SystemExit("--redis-url must be redis://host:port[/db] or unix:///path")
+    if config.max_batch_images < 1 or config.stream_window < 1 or config.stream_max_images < 1:
+        raise SystemExit("--max-batch-images, --stream-window and --stream-max-images must be "
+                         "at least 1")
     return config

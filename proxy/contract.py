@@ -15,8 +15,15 @@ from detect.v1 import detect_pb2
 DETECTOR: Final = detect_pb2.DESCRIPTOR.services_by_name["Detector"]
 SERVICE: Final[str] = DETECTOR.full_name  # "detect.v1.Detector"
 DETECT: Final[str] = DETECTOR.methods_by_name["Detect"].name
+DETECT_BATCH: Final[str] = DETECTOR.methods_by_name["DetectBatch"].name
+DETECT_STREAM: Final[str] = DETECTOR.methods_by_name["DetectStream"].name
 LIST_MODELS: Final[str] = DETECTOR.methods_by_name["ListModels"].name
 DETECT_PATH: Final[str] = f"/{SERVICE}/{DETECT}"
+DETECT_STREAM_PATH: Final[str] = f"/{SERVICE}/{DETECT_STREAM}"
+
+# Request header in which DetectBatch and DetectStream declare how many images they carry:
+# Envoy's rate limit charges that many tokens, and the proxy refuses a call carrying more.
+DECLARED_IMAGES_HEADER: Final = "x-detect-images"
 
 # Detector outputs: tensor name -> KServe v2 datatype. Row r of a batched answer is image r.
 NUM_DETECTIONS: Final = "num_detections"

@@ -1,9 +1,15 @@
-"""``detect.v1.Detector/Detect``: parse, validate, admit, send, answer.
+"""``detect.v1.Detector``: parse, validate, look up, admit, send, answer.
 
-The handler reads top to bottom; what it calls owns the rest: ``observed`` the span, the
-metrics and the access log; ``admission`` the upstream slots; ``batcher`` aggregation;
-``upstream`` the channels, the breaker and retries. Any outcome other than OK is raised as
-``ProxyError`` and becomes the call's status in ``observed``.
+The handlers read top to bottom; what they call owns the rest: ``observed`` the span, the
+metrics and the access log; ``cache`` cached answers and coalescing; ``admission`` the
+upstream slots; ``batcher`` aggregation and batches; ``upstream`` the channels, the breaker
+and retries; ``streaming`` a stream's window. Any outcome other than OK is raised as
+``ProxyError``: for Detect it becomes the call's status in ``observed``; in DetectBatch and
+DetectStream it becomes that image's ``google.rpc.Status``.
+
+A model's answer is kept whole (every detection it reported, best first) until the last
+step, ``select``, applies the caller's ``min_score`` and ``max_detections``: the cache stores
+whole answers, so a hit is filtered exactly as a miss.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from google.rpc import status_pb2
 from tritonclient.grpc import InferResult
 
 from detect.v1 import detect_pb2
@@ -22,15 +31,34 @@ from detect.v1 import detect_pb2
 from . import contract, request_wire
 from .admission import Admission, AtCapacity
 from .batcher import MicroBatcher
+from .cache import Lookup, ResultCache, cache_key
 from .catalogue import Catalogue
 from .errors import ProxyError, invalid
 from .image_header import ImageInfo, ImageLimits, ImageRejected, inspect
 from .models import DetectorModel, Image
 from .observed import CallObserver, Context
+from .streaming import answer_stream
 from .telemetry import Telemetry
 
 # (the request without its image, the image as a view into the received bytes)
 Parsed = tuple[detect_pb2.DetectRequest, Image]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a call (or one image of a stream) may spend upstream."""
+    deadline: float  # in the event loop's clock
+    request_id: str
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    window: int
+    max_images: int
+    max_duration_s: float
 
 
 def parse_request(data: bytes) -> Parsed | None:
@@ -47,9 +75,24 @@ def validate_fields(request: detect_pb2.DetectRequest) -> None:
         raise invalid(f"max_detections must be >= 0, got {request.max_detections}")
 
 
-def build_response(result: InferResult, row: int, model: DetectorModel, info: ImageInfo,
-                   request: detect_pb2.DetectRequest) -> detect_pb2.DetectResponse:
-    """The caller's answer from row ``row`` of a (possibly batched) ModelInfer result."""
+def parse_batch(data: bytes) -> detect_pb2.DetectBatchRequest | None:
+    try:
+        return detect_pb2.DetectBatchRequest.FromString(data)
+    except Exception:  # DecodeError, or anything protobuf raises on garbage
+        return None
+
+
+def parse_stream_request(data: bytes) -> detect_pb2.DetectStreamRequest | None:
+    try:
+        return detect_pb2.DetectStreamRequest.FromString(data)
+    except Exception:
+        return None
+
+
+def build_response(result: InferResult, row: int, model: DetectorModel,
+                   info: ImageInfo) -> detect_pb2.DetectResponse:
+    """The model's whole answer from row ``row`` of a (possibly batched) ModelInfer result,
+    best first."""
     def output(name: str) -> np.ndarray:
         array: np.ndarray = result.as_numpy(name)
         return array[row] if model.batching else array
@@ -58,15 +101,11 @@ def build_response(result: InferResult, row: int, model: DetectorModel, info: Im
     boxes = output(contract.DETECTION_BOXES).reshape(-1, 4)[:count]
     scores = output(contract.DETECTION_SCORES).reshape(-1)[:count]
     classes = output(contract.DETECTION_CLASSES).reshape(-1)[:count]
-    order = np.argsort(-scores, kind="stable")
-    order = order[scores[order] >= request.min_score]
-    if request.max_detections:
-        order = order[: request.max_detections]
     response = result.get_response()
     out = detect_pb2.DetectResponse(model=response.model_name,
                                     model_version=response.model_version,
                                     image_width=info.width, image_height=info.height)
-    for i in order:
+    for i in np.argsort(-scores, kind="stable"):
         x_min, y_min, x_max, y_max = (float(v) for v in boxes[i])
         class_id = int(classes[i])
         out.detections.add(
@@ -75,23 +114,62 @@ def build_response(result: InferResult, row: int, model: DetectorModel, info: Im
     return out
 
 
-def _request_id(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id":
+def select(answer: detect_pb2.DetectResponse,
+           request: detect_pb2.DetectRequest) -> detect_pb2.DetectResponse:
+    """The caller's view of a whole answer: ``min_score``, then ``max_detections``."""
+    if not request.min_score and not request.max_detections:
+        return answer
+    kept = [d for d in answer.detections if d.score >= request.min_score]
+    if request.max_detections:
+        kept = kept[: request.max_detections]
+    out = detect_pb2.DetectResponse(model=answer.model, model_version=answer.model_version,
+                                    image_width=answer.image_width,
+                                    image_height=answer.image_height)
+    out.detections.extend(kept)
+    return out
+
+
+def error_result(exc: ProxyError) -> detect_pb2.DetectResult:
+    return detect_pb2.DetectResult(
+        error=status_pb2.Status(code=exc.code.value[0], message=exc.message))
+
+
+def _metadata(context: Context, key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
             return str(value)
     return ""
 
 
+def _request_id(context: Context) -> str:
+    return _metadata(context, "x-request-id")
+
+
+def declared_images(context: Context) -> int:
+    """Images the call declared in ``x-detect-images`` (what Envoy's rate limit charged)."""
+    text = _metadata(context, contract.DECLARED_IMAGES_HEADER).strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise invalid(f"{contract.DECLARED_IMAGES_HEADER} must be a positive integer, "
+                      f"got {text[:20]!r}")
+    return int(text)
+
+
 class DetectorService:
     def __init__(self, catalogue: Catalogue, admission: Admission, batcher: MicroBatcher,
-                 limits: ImageLimits, default_model: str, default_timeout_s: float,
+                 cache: ResultCache, limits: ImageLimits, default_model: str,
+                 default_timeout_s: float, max_batch_images: int, stream: StreamLimits,
                  telemetry: Telemetry) -> None:
         self._catalogue = catalogue
         self._admission = admission
         self._batcher = batcher
+        self._cache = cache
         self._limits = limits
         self._default_model = default_model
         self._default_timeout_s = default_timeout_s
+        self._max_batch_images = max_batch_images
+        self._stream = stream
         self._telemetry = telemetry
 
     async def Detect(self, parsed: Parsed | None,
@@ -103,9 +181,112 @@ class DetectorService:
         validate_fields(request)
         info = self._inspect(image)
         model = await self._catalogue.get(self.model_name(request))
-        async with self._admitted(context):
-            result, row = await self._send(model, image, context)
-        return build_response(result, row, model, info, request)
+        answer = await self._whole_answer(model, image, info, request.skip_cache,
+                                          self._budget(context))
+        return select(answer, request)
+
+    async def DetectBatch(self, request: detect_pb2.DetectBatchRequest | None,
+                          context: Context) -> detect_pb2.DetectBatchResponse:
+        if request is None:
+            self._telemetry.rejected.add(1, {"reason": "malformed_request"})
+            raise invalid("request body is not a valid detect.v1.DetectBatchRequest")
+        images, declared = len(request.images), declared_images(context)
+        if not images:
+            raise invalid("images is empty: send at least one image")
+        if images > self._max_batch_images:
+            raise invalid(f"{images} images is more than the limit of "
+                          f"{self._max_batch_images} per DetectBatch; split the batch")
+        if images > declared:
+            raise invalid(f"{images} images but {contract.DECLARED_IMAGES_HEADER} declared "
+                          f"{declared}: declare every image (rate limits count them)")
+        options = detect_pb2.DetectRequest(
+            model=request.model, min_score=request.min_score,
+            max_detections=request.max_detections, skip_cache=request.skip_cache)
+        validate_fields(options)
+        model = await self._catalogue.get(self.model_name(options))
+        results = [detect_pb2.DetectResult() for _ in request.images]
+        valid: list[tuple[int, ImageInfo]] = []
+        for i, image in enumerate(request.images):
+            try:
+                valid.append((i, self._inspect(image)))
+            except ProxyError as exc:
+                results[i].CopyFrom(error_result(exc))
+        answers = await self._whole_answers(model, [(request.images[i], info)
+                                                    for i, info in valid],
+                                            options.skip_cache, self._budget(context))
+        for (i, _), answer in zip(valid, answers, strict=True):
+            if isinstance(answer, ProxyError):
+                results[i].CopyFrom(error_result(answer))
+            else:
+                results[i].response.CopyFrom(select(answer, options))
+        self._count_images(contract.DETECT_BATCH, model.name, results)
+        return detect_pb2.DetectBatchResponse(results=results)
+
+    async def DetectStream(self, requests: AsyncIterator[detect_pb2.DetectStreamRequest | None],
+                           context: Context) -> AsyncIterator[detect_pb2.DetectStreamResponse]:
+        declared = declared_images(context)
+        limit = min(declared, self._stream.max_images)
+        ends_at = time.monotonic() + self._stream.max_duration_s
+        frames = self._frames(requests, limit, declared, ends_at)
+        first = await anext(frames, None)
+        if first is None:
+            return
+
+        async def chained() -> AsyncIterator[detect_pb2.DetectStreamRequest]:
+            assert first is not None
+            yield first
+            async for frame in frames:
+                yield frame
+
+        async for response in answer_stream(chained(), lambda f: self._frame(f, context),
+                                            self._stream.window, ordered=not first.unordered):
+            yield response
+
+    async def _frames(self, requests: AsyncIterator[detect_pb2.DetectStreamRequest | None],
+                      limit: int, declared: int, ends_at: float
+                      ) -> AsyncIterator[detect_pb2.DetectStreamRequest]:
+        """The stream's requests, checked; a broken limit ends the stream."""
+        count = 0
+        iterator = aiter(requests)
+        while True:
+            try:
+                request = await asyncio.wait_for(anext(iterator), ends_at - time.monotonic())
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 f"the stream reached its maximum duration of "
+                                 f"{self._stream.max_duration_s:g}s; open a new one") from None
+            if request is None:
+                raise invalid("a request is not a valid detect.v1.DetectStreamRequest")
+            if not request.id:
+                raise invalid(f"request {count + 1} of the stream has no id")
+            count += 1
+            if count > limit:
+                raise invalid(
+                    f"the stream sent more than {limit} images: the per-stream limit is "
+                    f"{self._stream.max_images} and {contract.DECLARED_IMAGES_HEADER} "
+                    f"declared {declared}; declare every image, or open a new stream")
+            yield request
+
+    async def _frame(self, frame: detect_pb2.DetectStreamRequest,
+                     context: Context) -> detect_pb2.DetectStreamResponse:
+        """One image of a stream: its answer, or its own error."""
+        out = detect_pb2.DetectStreamResponse(id=frame.id)
+        request = frame.request
+        model_name = self.model_name(request)
+        try:
+            validate_fields(request)
+            info = self._inspect(request.image)
+            model = await self._catalogue.get(model_name)
+            budget = self._budget(context, cap_s=self._default_timeout_s)
+            answer = await self._whole_answer(model, request.image, info, request.skip_cache,
+                                              budget)
+            out.result.response.CopyFrom(select(answer, request))
+        except ProxyError as exc:
+            out.result.CopyFrom(error_result(exc))
+        self._count_images(contract.DETECT_STREAM, model_name, [out.result])
+        return out
 
     async def ListModels(self, request: detect_pb2.ListModelsRequest,
                          context: Context) -> detect_pb2.ListModelsResponse:
@@ -128,12 +309,66 @@ class DetectorService:
             self._telemetry.rejected.add(1, {"reason": "invalid_image"})
             raise invalid(str(exc)) from None
 
+    async def _whole_answer(self, model: DetectorModel, image: Image, info: ImageInfo,
+                            skip_cache: bool, budget: Budget) -> detect_pb2.DetectResponse:
+        """The model's whole answer for one image: cached, or from the model server."""
+        async def infer() -> detect_pb2.DetectResponse:
+            async with self._admitted(budget):
+                result, row = await self._send(model, image, budget)
+            return build_response(result, row, model, info)
+
+        if not self._cache.enabled:
+            return await infer()
+        lookup = await self._lookup(model, image, skip_cache)
+        data = await self._cache.answer(lookup, lambda: _serialized(infer()))
+        return detect_pb2.DetectResponse.FromString(data)
+
+    async def _whole_answers(self, model: DetectorModel, images: list[tuple[Image, ImageInfo]],
+                             skip_cache: bool, budget: Budget
+                             ) -> list[detect_pb2.DetectResponse | ProxyError]:
+        """The whole answers for several images: the cached ones, and the rest sent to the
+        model server as one batch (several when they exceed its max_batch_size)."""
+        answers: list[detect_pb2.DetectResponse | ProxyError | None] = [None] * len(images)
+        lookups: list[Lookup] = []
+        if self._cache.enabled:
+            lookups = [await self._lookup(model, image, skip_cache) for image, _ in images]
+            for i, data in enumerate(await self._cache.get_many(lookups)):
+                if data is not None:
+                    answers[i] = detect_pb2.DetectResponse.FromString(data)
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        if missing:
+            async with self._admitted(budget):
+                outcomes = await self._batcher.submit_batch(
+                    model, [images[i][0] for i in missing], budget.deadline, budget.request_id)
+            for i, outcome in zip(missing, outcomes, strict=True):
+                if isinstance(outcome, ProxyError):
+                    answers[i] = outcome
+                    continue
+                answer = answers[i] = build_response(*outcome, model, images[i][1])
+                if lookups:
+                    self._cache.store(lookups[i].key, answer.SerializeToString())
+        return [answer for answer in answers if answer is not None]
+
+    async def _lookup(self, model: DetectorModel, image: Image, skip_cache: bool) -> Lookup:
+        resolved = await self._catalogue.resolved(model.name)
+        return Lookup(cache_key(image, model.name, resolved.version, resolved.epoch),
+                      model.name, resolved.version, skip_cache)
+
+    def _count_images(self, method: str, model: str,
+                      results: list[detect_pb2.DetectResult]) -> None:
+        label = model if self._catalogue.known(model) else "(unknown)"
+        for result in results:
+            code = grpc.StatusCode.OK.name
+            if result.HasField("error"):
+                code = _CODE_NAMES.get(result.error.code, "UNKNOWN")
+            self._telemetry.images.add(1, {"method": method, "model": label, "code": code})
+
     @contextlib.asynccontextmanager
-    async def _admitted(self, context: Context) -> AsyncIterator[None]:
+    async def _admitted(self, budget: Budget) -> AsyncIterator[None]:
         """An upstream slot, or RESOURCE_EXHAUSTED at once when the wait for one would not
         fit the call's deadline."""
         try:
-            async with self._admission.slot(self._remaining(context)):
+            async with self._admission.slot(budget.remaining()):
                 yield
         except AtCapacity as exc:
             self._telemetry.rejected.add(1, {"reason": "at_capacity"})
@@ -143,23 +378,33 @@ class DetectorService:
                              f"({exc.affordable_s:.1f}s); retry with backoff") from None
 
     async def _send(self, model: DetectorModel, image: Image,
-                    context: Context) -> tuple[InferResult, int]:
+                    budget: Budget) -> tuple[InferResult, int]:
         """This image's row of a ModelInfer answer (aggregated with others when enabled)."""
-        remaining = self._remaining(context)
-        if remaining <= 0:
-            raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
-        deadline = asyncio.get_running_loop().time() + remaining
         try:
-            return await self._batcher.submit(model, image, deadline, _request_id(context))
+            return await self._batcher.submit(model, image, budget.deadline, budget.request_id)
         except ProxyError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:  # the model went away since
                 raise await self._catalogue.not_found(model.name) from None
             raise
 
-    def _remaining(self, context: Context) -> float:
-        """Seconds left of the caller's deadline (the default upstream timeout without one)."""
+    def _budget(self, context: Context, cap_s: float | None = None) -> Budget:
+        """The time the call's deadline leaves (the default upstream timeout without one; at
+        most ``cap_s``: each image of a stream gets no more than a call would)."""
         remaining = context.time_remaining()
-        return self._default_timeout_s if remaining is None else remaining
+        if remaining is None:
+            remaining = self._default_timeout_s
+        if cap_s is not None:
+            remaining = min(remaining, cap_s)
+        if remaining <= 0:
+            raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
+        return Budget(asyncio.get_running_loop().time() + remaining, _request_id(context))
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+async def _serialized(answer: Awaitable[detect_pb2.DetectResponse]) -> bytes:
+    return (await answer).SerializeToString()
 
 
 def method_handlers(service: DetectorService, observer: CallObserver) -> grpc.GenericRpcHandler:
@@ -168,6 +413,14 @@ def method_handlers(service: DetectorService, observer: CallObserver) -> grpc.Ge
             observer.observe(contract.DETECT, service.Detect),
             request_deserializer=parse_request,
             response_serializer=detect_pb2.DetectResponse.SerializeToString),
+        contract.DETECT_BATCH: grpc.unary_unary_rpc_method_handler(
+            observer.observe(contract.DETECT_BATCH, service.DetectBatch),
+            request_deserializer=parse_batch,
+            response_serializer=detect_pb2.DetectBatchResponse.SerializeToString),
+        contract.DETECT_STREAM: grpc.stream_stream_rpc_method_handler(
+            observer.observe_stream(contract.DETECT_STREAM, service.DetectStream),
+            request_deserializer=parse_stream_request,
+            response_serializer=detect_pb2.DetectStreamResponse.SerializeToString),
         contract.LIST_MODELS: grpc.unary_unary_rpc_method_handler(
             observer.observe(contract.LIST_MODELS, service.ListModels),
             request_deserializer=detect_pb2.ListModelsRequest.FromString,

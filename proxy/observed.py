@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -29,6 +30,7 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Request, Context], Awaitable[Response]]
+StreamHandler = Callable[[AsyncIterator[Request], Context], AsyncIterator[Response]]
 
 # gRPC cancels the handler when the caller's deadline passes, as when the caller cancels;
 # what is left of the deadline tells them apart (timers fire a little early or late).
@@ -40,6 +42,19 @@ def _cancellation(context: Context) -> tuple[grpc.StatusCode, str]:
     if remaining is not None and remaining <= DEADLINE_SLACK_S:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
     return grpc.StatusCode.CANCELLED, "cancelled by the caller"
+
+
+@dataclass
+class _Call:
+    """One call being observed: what its log line, span and metrics say."""
+    method: str
+    model: str
+    image_bytes: int
+    metadata: dict[str, Any]
+    span: trace.Span
+    start: float = field(default_factory=time.perf_counter)
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
 
 
 class CallObserver:
@@ -58,52 +73,90 @@ class CallObserver:
     def observe(self, method: str, handler: Handler[Request, Response]
                 ) -> Handler[Request, Response]:
         async def observed(request: Request, context: Context) -> Response:
-            start = time.perf_counter()
-            metadata = dict(context.invocation_metadata() or ())
-            request_id = str(metadata.get("x-request-id", ""))
-            model, image_bytes = self._describe(request)
-            code, message = grpc.StatusCode.OK, ""
-            span = self._telemetry.tracer.start_span(
-                f"{contract.SERVICE}/{method}", context=self._telemetry.extract(metadata),
-                kind=trace.SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": contract.SERVICE,
-                            "rpc.method": method, "detect.model": model,
-                            "detect.request_id": request_id})
-            self._in_flight += 1
-            self._telemetry.in_flight.add(1)
+            call = self._start(method, request, context)
             try:
-                with trace.use_span(span, end_on_exit=False):
-                    if self._in_flight > self._max_in_flight:
-                        self._telemetry.rejected.add(1, {"reason": "max_in_flight"})
-                        raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                         f"proxy is at its limit of {self._max_in_flight} "
-                                         "calls in flight; retry with backoff")
+                with trace.use_span(call.span, end_on_exit=False):
+                    self._admit()
                     return await handler(request, context)
             except ProxyError as exc:
-                code, message = exc.code, exc.message
+                call.code, call.message = exc.code, exc.message
             except asyncio.CancelledError:  # the caller went away or its deadline passed
-                code, message = _cancellation(context)
+                call.code, call.message = _cancellation(context)
                 raise
             except Exception:
-                code, message = grpc.StatusCode.INTERNAL, "internal error in the detection proxy"
-                log.exception("%s %s failed unexpectedly", method, model)
+                call.code, call.message = _internal(call)
             finally:
-                self._in_flight -= 1
-                self._telemetry.in_flight.add(-1)
-                duration_ms = (time.perf_counter() - start) * 1000
-                label = model if not model or self._known_model(model) else "(unknown)"
-                self._telemetry.record_call(method, label, code, duration_ms)
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code != grpc.StatusCode.OK:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, message))
-                span.end()
-                if log.isEnabledFor(logging.INFO):
-                    log.info(method, extra={"fields": {
-                        "request_id": request_id, "model": model, "code": code.name,
-                        "duration_ms": round(duration_ms, 3),
-                        "client": metadata.get("x-client-id", ""), "image_bytes": image_bytes,
-                        "trace_id": f"{span.get_span_context().trace_id:032x}",
-                        **({"error": message} if message else {})}})
-            await context.abort(code, message)  # raises: the call ends with this status
+                self._finish(call)
+            await context.abort(call.code, call.message)  # raises: the call ends with it
 
         return observed
+
+    def observe_stream(self, method: str, handler: StreamHandler[Request, Response]
+                       ) -> StreamHandler[Request, Response]:
+        """``observe`` for a call whose requests and responses are streams."""
+        async def observed(requests: AsyncIterator[Request],
+                           context: Context) -> AsyncIterator[Response]:
+            call = self._start(method, requests, context)
+            try:
+                self._admit()
+                async for response in handler(requests, context):
+                    yield response
+            except ProxyError as exc:
+                call.code, call.message = exc.code, exc.message
+            except (asyncio.CancelledError, GeneratorExit):
+                call.code, call.message = _cancellation(context)
+                raise
+            except Exception:
+                call.code, call.message = _internal(call)
+            finally:
+                self._finish(call)
+            if call.code != grpc.StatusCode.OK:
+                await context.abort(call.code, call.message)
+
+        return observed
+
+    def _start(self, method: str, request: object, context: Context) -> _Call:
+        metadata = dict(context.invocation_metadata() or ())
+        model, image_bytes = self._describe(request)
+        span = self._telemetry.tracer.start_span(
+            f"{contract.SERVICE}/{method}", context=self._telemetry.extract(metadata),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": contract.SERVICE,
+                        "rpc.method": method, "detect.model": model,
+                        "detect.request_id": str(metadata.get("x-request-id", ""))})
+        self._in_flight += 1
+        self._telemetry.in_flight.add(1)
+        return _Call(method, model, image_bytes, metadata, span)
+
+    def _admit(self) -> None:
+        if self._in_flight > self._max_in_flight:
+            self._telemetry.rejected.add(1, {"reason": "max_in_flight"})
+            raise ProxyError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"proxy is at its limit of {self._max_in_flight} "
+                             "calls in flight; retry with backoff")
+
+    def _finish(self, call: _Call) -> None:
+        self._in_flight -= 1
+        self._telemetry.in_flight.add(-1)
+        duration_ms = (time.perf_counter() - call.start) * 1000
+        model = call.model
+        label = model if not model or self._known_model(model) else "(unknown)"
+        self._telemetry.record_call(call.method, label, call.code, duration_ms)
+        span = call.span
+        span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+        if call.code != grpc.StatusCode.OK:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, call.message))
+        span.end()
+        if log.isEnabledFor(logging.INFO):
+            log.info(call.method, extra={"fields": {
+                "request_id": str(call.metadata.get("x-request-id", "")), "model": model,
+                "code": call.code.name, "duration_ms": round(duration_ms, 3),
+                "client": call.metadata.get("x-client-id", ""),
+                "image_bytes": call.image_bytes,
+                "trace_id": f"{span.get_span_context().trace_id:032x}",
+                **({"error": call.message} if call.message else {})}})
+
+
+def _internal(call: _Call) -> tuple[grpc.StatusCode, str]:
+    log.exception("%s %s failed unexpectedly", call.method, call.model)
+    return grpc.StatusCode.INTERNAL, "internal error in the detection proxy"

@@ -10,14 +10,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from detect.v1 import detect_pb2
+
 from . import contract, reflection
 from .admission import Admission
 from .batcher import MicroBatcher
+from .cache import LocalTier, ResultCache
 from .catalogue import Catalogue
 from .config import ProxyConfig
-from .detector import DetectorService, method_handlers
+from .detector import DetectorService, StreamLimits, method_handlers
 from .health import ReadinessWatcher
 from .observed import CallObserver
+from .redis_tier import RedisTier
 from .telemetry import Telemetry
 from .upstream import Upstream
 
@@ -36,13 +40,23 @@ class DetectProxy:
         self.config = config
         self.telemetry = Telemetry(config.metrics_port, config.trace_exporter, span_exporter)
         self.upstream = Upstream(config, self.telemetry)
-        self.catalogue = Catalogue(self.upstream, config.exposed)
+        self.catalogue = Catalogue(self.upstream, config.exposed, config.cache_epoch)
         self.admission = Admission(config.max_upstream_calls, config.max_queue_wait_ms / 1000)
+        local = LocalTier(config.cache_max_bytes) if config.cache_max_bytes else None
+        shared = None
+        if config.redis_url:
+            shared = RedisTier(config.redis_url, config.redis_timeout_ms / 1000,
+                               config.redis_retry_ms / 1000, self.telemetry)
+        self.cache = ResultCache(config.cache_ttl_s, local, shared, self.telemetry)
         self.service = DetectorService(
             self.catalogue, self.admission,
             MicroBatcher(self.upstream, config.batch_max_wait_us / 1e6, config.batch_max_size),
-            config.image_limits, config.default_model, config.upstream_timeout_ms / 1000,
+            self.cache, config.image_limits, config.default_model,
+            config.upstream_timeout_ms / 1000, config.max_batch_images,
+            StreamLimits(config.stream_window, config.stream_max_images,
+                         config.stream_max_duration_s),
             self.telemetry)
+        self._refresher: asyncio.Task[None] | None = None
         self.observer = CallObserver(self.telemetry, config.max_in_flight, self._describe,
                                      self.catalogue.known)
         self.health = health.aio.HealthServicer()
@@ -72,15 +86,31 @@ class DetectProxy:
         self.telemetry.observe(
             "detect.health.serving", "1 while health reports SERVING",
             lambda: [(1 if self.watcher.serving else 0, {})])
+        if local is not None:
+            self.telemetry.observe(
+                "detect.cache.local_bytes", "bytes of answers in the in-process cache tier",
+                lambda: [(local.bytes, {})])
+            self.telemetry.observe(
+                "detect.cache.local_entries", "answers in the in-process cache tier",
+                lambda: [(len(local), {})])
 
     def _describe(self, request: object) -> tuple[str, int]:
         """(model, image bytes) of a call, for its span, metrics and log line."""
         if request is None:  # a Detect body that did not parse
             return self.config.default_model, 0
-        if not isinstance(request, tuple):  # not a Detect call
+        if isinstance(request, detect_pb2.DetectBatchRequest):
+            return (request.model or self.config.default_model,
+                    sum(len(image) for image in request.images))
+        if not isinstance(request, tuple):  # ListModels, or a stream (models per image)
             return "", 0
         detect, image = request
         return self.service.model_name(detect), len(image)
+
+    async def _refresh_models(self) -> None:
+        """Keeps the cache keys' versions and epochs current."""
+        while True:
+            await asyncio.sleep(self.config.model_refresh_ms / 1000)
+            await self.catalogue.refresh()
 
     async def start(self) -> None:
         self.server.add_generic_rpc_handlers((method_handlers(self.service, self.observer),))
@@ -95,6 +125,8 @@ class DetectProxy:
         self.upstream.connect()
         await self.watcher.update()  # report the true state from the first Check on
         self.watcher.start()
+        if self.cache.enabled:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_models())
         await self.server.start()
         log.info("serving %s on %s; Triton at %s over %d connection(s)", contract.SERVICE,
                  self.address, self.config.triton_url, len(self.upstream))
@@ -108,6 +140,9 @@ class DetectProxy:
                  self.config.drain_delay_s)
         await asyncio.sleep(self.config.drain_delay_s)
         await self.server.stop(self.config.shutdown_grace_s)
+        if self._refresher is not None:
+            self._refresher.cancel()
+        await self.cache.close()
         await self.upstream.close()
         self.telemetry.shutdown()
         log.info("stopped")

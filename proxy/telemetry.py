@@ -34,6 +34,7 @@ from . import contract
 
 log = logging.getLogger(__name__)
 
+CACHE_MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100)
 MS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
 BYTES_BUCKETS = (1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22, 1 << 23)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -63,6 +64,8 @@ class Telemetry:
                      aggregation=ExplicitBucketHistogramAggregation(BYTES_BUCKETS)),
                 View(instrument_name="detect.upstream.batch_size",
                      aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS)),
+                View(instrument_name="detect.cache.lookup_duration",
+                     aggregation=ExplicitBucketHistogramAggregation(CACHE_MS_BUCKETS)),
             ])
         meter = self.provider.get_meter("detect-proxy")
         self.duration = meter.create_histogram(
@@ -79,6 +82,19 @@ class Telemetry:
             "detect.rejected", description="calls refused before reaching Triton, by reason")
         self.retries = meter.create_counter(
             "detect.upstream.retries", description="Triton calls retried after UNAVAILABLE")
+        self.cache_lookups = meter.create_counter(
+            "detect.cache.lookups", description="images looked up in the result cache, by "
+            "result: hit (and tier), miss, coalesced (waited for an identical call in flight) "
+            "or bypassed (skip_cache); the four add up to the images looked up")
+        self.cache_lookup = meter.create_histogram(
+            "detect.cache.lookup_duration", unit="ms",
+            description="lookups in the shared cache tier, hit or miss")
+        self.cache_errors = meter.create_counter(
+            "detect.cache.errors", description="failed or timed-out shared cache commands "
+            "(each a miss or a dropped store: the cache fails open)")
+        self.images = meter.create_counter(
+            "detect.images", description="images answered by DetectBatch and DetectStream, by "
+            "method and status code")
         self._meter = meter
 
         self.tracer_provider = TracerProvider(resource=resource)
