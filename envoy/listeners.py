@@ -20,7 +20,7 @@ from detect_envoy.certs import SDS_FILE, client_identity
 from detect_envoy.ratelimits import rate_limit_filters
 from detect_envoy.settings import StackConfig
 from detect_envoy.typed import address, duration, extension, typed
-from detect_proxy.contract import SERVICE
+from detect_proxy.contract import DETECT_BATCH, DETECT_STREAM, SERVICE
 
 # A retry avoids the host that just failed by drawing again, up to this many times. With
 # least-request balancing a dead host has no calls in flight, so it keeps winning the draw:
@@ -42,7 +42,7 @@ HTTP2_OPTIONS: Final[dict[str, int]] = {"max_concurrent_streams": 1024,
 def front_listener(config: StackConfig) -> dict[str, Any]:
     """TLS from callers to the proxies, through the filters in _front_filters' order."""
     options: dict[str, Any] = {"local_reply_config": {"mappers": [
-        _too_large_reply(config.max_request_bytes), _failing_health_reply()]}}
+        _too_large_reply(config.max_request_bytes, config.max_batch_request_bytes), _failing_health_reply()]}}
     if config.max_connection_duration_s:
         options["common_http_protocol_options"] = {
             "max_connection_duration": duration(config.max_connection_duration_s)}
@@ -110,7 +110,21 @@ def _front_routes(config: StackConfig) -> list[dict[str, Any]]:
                              **_retry_another_host()},
         }
 
+    batch, stream = f"/{SERVICE}/{DETECT_BATCH}", f"/{SERVICE}/{DETECT_STREAM}"
     return [
+        # A batch is buffered whole too, up to its own limit.
+        {"match": {"path": batch, "grpc": {}}, "route": route(),
+         "typed_per_filter_config": {"envoy.filters.http.buffer": typed(
+             "BufferPerRoute", buffer={"max_request_bytes": config.max_batch_request_bytes})}},
+        # A stream is not buffered (the proxy's window and HTTP/2 flow control bound it) and
+        # has no route timeout: it lasts up to its own maximum, or the caller's deadline.
+        {"match": {"path": stream, "grpc": {}}, "route": {
+            **route(), "timeout": "0s",
+            "max_stream_duration": {
+                "max_stream_duration": duration(config.max_stream_duration_s),
+                "grpc_timeout_header_max": duration(config.max_stream_duration_s)}},
+         "typed_per_filter_config": {
+             "envoy.filters.http.buffer": typed("BufferPerRoute", disabled=True)}},
         # Unary Detect calls are buffered whole, which enforces the request size limit.
         {"match": {"prefix": f"/{SERVICE}/", "grpc": {}}, "route": route()},
         # Streaming RPCs (reflection, health Watch) must not be buffered.
@@ -120,7 +134,7 @@ def _front_routes(config: StackConfig) -> list[dict[str, Any]]:
     ]
 
 
-def _too_large_reply(limit: int) -> dict[str, Any]:
+def _too_large_reply(limit: int, batch_limit: int) -> dict[str, Any]:
     """Envoy's own size limit answers as the proxy's does: INVALID_ARGUMENT naming the limit
     (for gRPC, Envoy would derive UNKNOWN from HTTP 413 and say "Payload Too Large")."""
     return {
@@ -129,8 +143,9 @@ def _too_large_reply(limit: int) -> dict[str, Any]:
         "headers_to_add": [{"header": {"key": "grpc-status", "value": "3"},
                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
         # A gRPC local reply carries its body as grpc-message.
-        "body": {"inline_string": f"request is larger than the limit of {limit} bytes; "
-                                  "send a smaller image"},
+        "body": {"inline_string": f"request is larger than the limit of {limit} bytes "
+                                  f"({batch_limit} for DetectBatch); send a smaller image, or "
+                                  "fewer images per batch"},
     }
 
 

@@ -1,7 +1,9 @@
 """The front listener's local rate limits, and the stricter tiers an operator switches on.
 
 Each tier is one local_ratelimit filter: a global token bucket, plus one bucket per distinct
-``x-client-id`` (created on first use). Token buckets are fixed when Envoy starts, so
+``x-client-id`` (created on first use). Limits count images: a call takes as many tokens as
+it declares in ``x-detect-images`` (DetectBatch, DetectStream; absent: one), and the proxy
+refuses a call carrying more images than it declared. Token buckets are fixed when Envoy starts, so
 run-time changes select among pre-rendered tiers through runtime keys instead:
 ``POST /runtime_modify?detect.ratelimit.lockdown=100`` turns the lockdown tier on.
 """
@@ -12,6 +14,7 @@ from typing import Any, Final
 
 from detect_envoy.settings import StackConfig
 from detect_envoy.typed import extension
+from detect_proxy.contract import DECLARED_IMAGES_HEADER
 
 # Stricter tiers, as a fraction of the configured limits; off (runtime key = 0) by default.
 TIERS: Final[dict[str, float]] = {"reduced": 0.25, "lockdown": 0.05}
@@ -40,9 +43,20 @@ def _rate_limit_filter(tier: str, global_rps: int, global_burst: int, client_rps
             "numerator": enabled_default, "denominator": "HUNDRED"}},
         filter_enforced={"runtime_key": RUNTIME_ENFORCED, "default_value": {
             "numerator": 100, "denominator": "HUNDRED"}},
-        rate_limits=[{"actions": [{"request_headers": {
-            "header_name": "x-client-id", "descriptor_key": "client", "skip_if_absent": True}}]}],
-        descriptors=[{"entries": [{"key": "client"}],
+        # Images: every call charges the declared images to the global images bucket and,
+        # with an x-client-id, to that client's bucket. (The default bucket above counts
+        # calls, one each, whatever they carry.)
+        rate_limits=[
+            {"actions": [{"generic_key": {"descriptor_key": "scope", "descriptor_value": "all"}}],
+             "hits_addend": {"format": f"%REQ({DECLARED_IMAGES_HEADER})%"}},
+            {"actions": [{"request_headers": {
+                "header_name": "x-client-id", "descriptor_key": "client",
+                "skip_if_absent": True}}],
+             "hits_addend": {"format": f"%REQ({DECLARED_IMAGES_HEADER})%"}},
+        ],
+        descriptors=[{"entries": [{"key": "scope", "value": "all"}],
+                      "token_bucket": _bucket(global_rps, global_burst)},
+                     {"entries": [{"key": "client"}],
                       "token_bucket": _bucket(client_rps, client_burst)}],
         max_dynamic_descriptors=10000,
         # Tells a limited caller which tier refused it.
@@ -51,9 +65,19 @@ def _rate_limit_filter(tier: str, global_rps: int, global_burst: int, client_rps
     )
 
 
+def _declared_images_default() -> dict[str, Any]:
+    """A call that declares nothing declares one image (Envoy would charge nothing for an
+    absent header); the proxy refuses a declaration that is not a positive number."""
+    return extension(
+        "envoy.filters.http.header_mutation", "HeaderMutation",
+        mutations={"request_mutations": [{"append": {
+            "header": {"key": DECLARED_IMAGES_HEADER, "value": "1"},
+            "append_action": "ADD_IF_ABSENT"}}]})
+
+
 def rate_limit_filters(config: StackConfig) -> list[dict[str, Any]]:
     """The standard tier (on), then each stricter tier (off)."""
-    filters = [_rate_limit_filter(STANDARD, config.global_rps, config.global_burst,
+    filters = [_declared_images_default(), _rate_limit_filter(STANDARD, config.global_rps, config.global_burst,
                                   config.client_rps, config.client_burst, 100)]
     for tier, fraction in TIERS.items():
         filters.append(_rate_limit_filter(

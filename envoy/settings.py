@@ -66,6 +66,11 @@ class StackConfig:
     max_request_bytes: int = field(default=request_limit_bytes(), metadata={
         "help": "largest request body the front accepts; the default is the proxy's image "
                 "limit plus headroom for the rest of the request (detect_proxy.contract)"})
+    max_batch_request_bytes: int = field(default=64 * 1024 * 1024, metadata={
+        "help": "largest DetectBatch body the front accepts (buffered whole, like Detect)"})
+    max_stream_duration_s: float = field(default=660.0, metadata={
+        "help": "longest a DetectStream may last through the front (the proxy ends its own "
+                "at --stream-max-duration-s, 600 s by default, with a clearer message)"})
     max_grpc_timeout_s: float = field(default=30.0, metadata={
         "help": "route timeout: the caller's grpc-timeout up to this, and this without one"})
     max_connection_duration_s: float = field(default=0.0, metadata={

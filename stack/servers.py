@@ -186,6 +186,10 @@ def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
     target = f"127.0.0.1:{port}"
     if not any(f.startswith("--exposed-models") for f in flags):
         flags = ("--exposed-models", EXPOSED_FOR_BENCHMARKS, *flags)
+    # Tests and benchmarks send the same few images again and again to measure the backend:
+    # the result cache is off unless the caller is about it.
+    if not any(f.startswith(("--cache-", "--redis-")) for f in flags):
+        flags = ("--cache-ttl-s", "0", *flags)
     args = [sys.executable, "-m", "detect_proxy", "--listen", target, "--triton-url", triton_url,
             "--metrics-port", str(metrics_port or 0), *flags]
     ready = (lambda: serving(target)) if wait_serving else (lambda: health_status(target) >= 0)

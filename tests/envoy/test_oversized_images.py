@@ -46,5 +46,6 @@ def test_through_envoy(edge, images, name):
     if SIZES[name] < 9 * 1024 * 1024 - 1024:
         assert error.details() == f"image is {SIZES[name]} bytes; the limit is {EIGHT_MIB} bytes"
     else:
-        assert error.details() == ("request is larger than the limit of 9437184 bytes; "
-                                   "send a smaller image")
+        assert error.details() == ("request is larger than the limit of 9437184 bytes "
+                                   "(67108864 for DetectBatch); send a smaller image, or fewer "
+                                   "images per batch")
