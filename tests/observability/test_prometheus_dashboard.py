@@ -14,7 +14,7 @@ import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_observability import prometheus as prom_config
-from detect_proxy.contract import DETECT, SERVICE
+from detect_proxy.contract import DECLARED_IMAGES_HEADER, DETECT, SERVICE
 from detect_stack.servers import ROOT, free_port, running
 from detect_stack.stack import admin_post, stack
 
@@ -37,9 +37,19 @@ def expressions() -> list[str]:
 def _traffic(s) -> None:
     with s.envoy.channel() as channel:
         stub = detect_pb2_grpc.DetectorStub(channel)
-        request = detect_pb2.DetectRequest(image=(ROOT / "build/testdata/coffee.png").read_bytes())
-        with ThreadPoolExecutor(24) as pool:  # concurrent: Triton batches them
+        image = (ROOT / "build/testdata/coffee.png").read_bytes()
+        # Past the result cache, concurrent: Triton batches them.
+        request = detect_pb2.DetectRequest(image=image, skip_cache=True)
+        with ThreadPoolExecutor(24) as pool:
             list(pool.map(lambda _: stub.Detect(request, timeout=60), range(72)))
+        for _ in range(4):  # cached answers
+            stub.Detect(detect_pb2.DetectRequest(image=image), timeout=60)
+        declared = [(DECLARED_IMAGES_HEADER, "2")]
+        stub.DetectBatch(detect_pb2.DetectBatchRequest(images=[image, b""]), timeout=60,
+                         metadata=declared)
+        list(stub.DetectStream(iter([detect_pb2.DetectStreamRequest(
+            id="1", request=detect_pb2.DetectRequest(image=image))]), timeout=60,
+            metadata=declared))
         for _ in range(3):  # errors, labelled by code
             with pytest.raises(grpc.RpcError):
                 stub.Detect(detect_pb2.DetectRequest(image=b""), timeout=10)
@@ -58,7 +68,8 @@ def _traffic(s) -> None:
 def test_every_dashboard_query_returns_data(tmp_path, backend):
     assert expressions(), "dashboard has no queries"
     with stack(tmp_path, global_rps=1000, global_burst=2000, client_rps=200,
-               client_burst=400, backend=backend) as s:
+               client_burst=400, backend=backend,
+               proxy_flags=("--cache-max-bytes", str(8 << 20))) as s:
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps(prom_config.render(
             s.proxy_metrics, f"127.0.0.1:{s.envoy.admin_port}", s.triton_metrics, "1s")))
