@@ -42,7 +42,8 @@ HTTP2_OPTIONS: Final[dict[str, int]] = {"max_concurrent_streams": 1024,
 def front_listener(config: StackConfig) -> dict[str, Any]:
     """TLS from callers to the proxies, through the filters in _front_filters' order."""
     options: dict[str, Any] = {"local_reply_config": {"mappers": [
-        _too_large_reply(config.max_request_bytes, config.max_batch_request_bytes), _failing_health_reply()]}}
+        _too_large_reply(config.max_request_bytes, config.max_batch_request_bytes),
+        _failing_health_reply()]}}
     if config.max_connection_duration_s:
         options["common_http_protocol_options"] = {
             "max_connection_duration": duration(config.max_connection_duration_s)}

@@ -77,7 +77,8 @@ def _declared_images_default() -> dict[str, Any]:
 
 def rate_limit_filters(config: StackConfig) -> list[dict[str, Any]]:
     """The standard tier (on), then each stricter tier (off)."""
-    filters = [_declared_images_default(), _rate_limit_filter(STANDARD, config.global_rps, config.global_burst,
+    filters = [_declared_images_default(),
+               _rate_limit_filter(STANDARD, config.global_rps, config.global_burst,
                                   config.client_rps, config.client_burst, 100)]
     for tier, fraction in TIERS.items():
         filters.append(_rate_limit_filter(

@@ -22,14 +22,13 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
-from google.rpc import status_pb2
 from tritonclient.grpc import InferResult
 
 from detect.v1 import detect_pb2
 
 from . import contract, request_wire
 from .admission import Admission, AtCapacity
+from .answers import build_response, code_name, error_result, select
 from .batcher import MicroBatcher
 from .cache import Lookup, ResultCache, cache_key
 from .catalogue import Catalogue
@@ -87,51 +86,6 @@ def parse_stream_request(data: bytes) -> detect_pb2.DetectStreamRequest | None:
         return detect_pb2.DetectStreamRequest.FromString(data)
     except Exception:
         return None
-
-
-def build_response(result: InferResult, row: int, model: DetectorModel,
-                   info: ImageInfo) -> detect_pb2.DetectResponse:
-    """The model's whole answer from row ``row`` of a (possibly batched) ModelInfer result,
-    best first."""
-    def output(name: str) -> np.ndarray:
-        array: np.ndarray = result.as_numpy(name)
-        return array[row] if model.batching else array
-
-    count = int(output(contract.NUM_DETECTIONS).reshape(-1)[0])
-    boxes = output(contract.DETECTION_BOXES).reshape(-1, 4)[:count]
-    scores = output(contract.DETECTION_SCORES).reshape(-1)[:count]
-    classes = output(contract.DETECTION_CLASSES).reshape(-1)[:count]
-    response = result.get_response()
-    out = detect_pb2.DetectResponse(model=response.model_name,
-                                    model_version=response.model_version,
-                                    image_width=info.width, image_height=info.height)
-    for i in np.argsort(-scores, kind="stable"):
-        x_min, y_min, x_max, y_max = (float(v) for v in boxes[i])
-        class_id = int(classes[i])
-        out.detections.add(
-            box=detect_pb2.BoundingBox(x_min=x_min, y_min=y_min, x_max=x_max, y_max=y_max),
-            score=float(scores[i]), class_id=class_id, label=model.label(class_id))
-    return out
-
-
-def select(answer: detect_pb2.DetectResponse,
-           request: detect_pb2.DetectRequest) -> detect_pb2.DetectResponse:
-    """The caller's view of a whole answer: ``min_score``, then ``max_detections``."""
-    if not request.min_score and not request.max_detections:
-        return answer
-    kept = [d for d in answer.detections if d.score >= request.min_score]
-    if request.max_detections:
-        kept = kept[: request.max_detections]
-    out = detect_pb2.DetectResponse(model=answer.model, model_version=answer.model_version,
-                                    image_width=answer.image_width,
-                                    image_height=answer.image_height)
-    out.detections.extend(kept)
-    return out
-
-
-def error_result(exc: ProxyError) -> detect_pb2.DetectResult:
-    return detect_pb2.DetectResult(
-        error=status_pb2.Status(code=exc.code.value[0], message=exc.message))
 
 
 def _metadata(context: Context, key: str) -> str:
@@ -360,7 +314,7 @@ class DetectorService:
         for result in results:
             code = grpc.StatusCode.OK.name
             if result.HasField("error"):
-                code = _CODE_NAMES.get(result.error.code, "UNKNOWN")
+                code = code_name(result.error.code)
             self._telemetry.images.add(1, {"method": method, "model": label, "code": code})
 
     @contextlib.asynccontextmanager
@@ -398,9 +352,6 @@ class DetectorService:
         if remaining <= 0:
             raise ProxyError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call")
         return Budget(asyncio.get_running_loop().time() + remaining, _request_id(context))
-
-
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 async def _serialized(answer: Awaitable[detect_pb2.DetectResponse]) -> bytes:
