@@ -23,6 +23,10 @@ export PROXY2_METRICS_PORT ?= 9465
 export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
+export REDIS_PORT ?= 6379
+# The proxies' shared cache tier under `make run`: Redis when redis-server is installed (started
+# with the stack, as Prometheus is); without it they cache in-process only.
+export RUN_REDIS_URL := $(if $(shell command -v redis-server 2>/dev/null),redis://127.0.0.1:$(REDIS_PORT)/0)
 
 # The backend of `make run`: localtriton (default) or triton (genuine tritonserver, CPU build).
 BACKEND ?= localtriton
@@ -67,10 +71,11 @@ $(TRITON_STAMP): localtriton/triton-requirements.txt
 
 triton: $(TRITON_STAMP)
 
-# Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries)
-# and h2load (nghttp2-client), the load generator of the benchmarks.
+# Debian tools the tests use: a real Prometheus server (it checks the dashboard's queries),
+# h2load (nghttp2-client), the load generator of the benchmarks, and Redis (the proxies'
+# shared cache tier).
 system-deps:
-	@command -v prometheus >/dev/null && command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus nghttp2-client >/dev/null; }
+	@command -v prometheus >/dev/null && command -v h2load >/dev/null && command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus nghttp2-client redis-server >/dev/null; }
 
 # gRPC stubs are generated from protos/ into client/detect/, never committed or edited
 # (client/setup.py does the same when detect-client is built, so `pip install` of it
@@ -179,7 +184,7 @@ deploy-check: venv protos models testdata
 	$(BIN)/python -m detect_deploy.lock --check
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
-CAPACITY_ARGS ?=
+CAPACITY_ARGS ?= --gpu-bench loadtest/results/gpu/gpu.json
 capacity: venv
 	$(BIN)/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
 

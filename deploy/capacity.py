@@ -1,13 +1,15 @@
 """Capacity model: proxy cores, Envoy cores and GPU replicas for a target request rate.
 
 Inputs are our own measurements, CPU time per request of each process from the benchmark
-(loadtest/bench.py writes loadtest/results/bench/bench.json), plus one assumption this
-project cannot measure without GPUs: the throughput of one Triton GPU replica. The output
-(deploy/CAPACITY.md) states the formula, every input, and which number is an assumption.
+(loadtest/bench.py writes loadtest/results/bench/bench.json), plus the throughput of one
+Triton GPU replica: CenterFace's images per second on one GPU at its max batch size,
+measured by loadtest/gpu_network.py on a GPU host (`--gpu-bench`; onnxruntime's CUDA
+provider or PyTorch on CUDA), or else an assumption (`--gpu-rps-per-replica`). The output
+(deploy/CAPACITY.md) states the formula, every input, and where the GPU figure comes from.
 
     .venv/bin/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json \\
         --out deploy/CAPACITY.md [--target-rps 10000] [--target-utilisation 0.65] \\
-        [--gpu-rps-per-replica 500]
+        [--gpu-bench loadtest/results/gpu/gpu.json | --gpu-rps-per-replica 500]
 
 The model, for a target rate R and a target utilisation u (the headroom: the HPA's CPU
 target, room for bursts, failures and rollouts):
@@ -31,6 +33,7 @@ import json
 import math
 import shlex
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,31 +54,76 @@ DEFAULT_IMAGE_CLASS = "phone-12mp.jpg"
 # The HPA's CPU target in deploy/k8s/autoscaling.yaml: the fleet this model sizes is the
 # one the autoscaler converges to at the target rate.
 DEFAULT_UTILISATION = 0.65
-# ASSUMPTION, not measured here (no GPU): face_detector requests per second one Triton
-# replica on one mid-range data-centre GPU sustains, with the Python-backend decode and
-# letterbox in front of CenterFace. Measure yours (perf_analyzer against the ensemble, or
-# loadtest/bench.py against Triton) and pass --gpu-rps-per-replica.
+# ASSUMPTION, used only without --gpu-bench: face_detector requests per second one Triton
+# replica on one mid-range data-centre GPU sustains. loadtest/results/gpu/gpu.json has
+# CenterFace measured on a GPU; measure yours (loadtest/gpu_network.py on the target GPU,
+# perf_analyzer against the ensemble) and pass --gpu-bench or --gpu-rps-per-replica.
 DEFAULT_GPU_RPS = 500.0
+# The providers of loadtest/gpu_network.py that ran on a GPU, and how the report names them.
+GPU_RUNTIMES = {
+    "CUDAExecutionProvider": "onnxruntime's CUDA execution provider",
+    "torch-cuda": "PyTorch on CUDA, the ONNX file converted with onnx2torch",
+}
 
 
 class InputError(SystemExit):
     """A bench file the model cannot use: the message says what is missing and where."""
 
 
-def gpu_rps_from(path: Path, network: str = "centerface") -> tuple[float, str]:
-    """Images per second of face_detector's network on one GPU at its max batch size, from
-    loadtest/gpu_network.py's output, and the GPU's name."""
+@dataclass(frozen=True)
+class GpuMeasurement:
+    """face_detector's network on one GPU at its max batch size (loadtest/gpu_network.py)."""
+    images_per_s: float
+    device: str          # the GPU's name
+    runtime: str         # what ran the network, as the report names it
+    precision: str       # of images_per_s: the model's own, fp32
+    max_batch_size: int
+    tf32: bool = False   # fp32 convolutions in TF32 (cuDNN), where the file says so
+    # Where the file has them (the torch runtime): the network alone, tensors left on the
+    # GPU; fp16, for reference only; the largest differences from onnxruntime's CPU output.
+    resident_images_per_s: float | None = None
+    fp16_images_per_s: float | None = None
+    fp32_max_abs_diff: float | None = None
+    fp16_max_abs_diff: float | None = None
+
+
+def gpu_measurement(path: Path, network: str = "centerface") -> GpuMeasurement:
+    """The figure the GPU replicas are sized with, from loadtest/gpu_network.py's output;
+    a file measured on a CPU is refused."""
     try:
         data = json.loads(path.read_text())
         row = next(n for n in data["networks"] if n["model"] == network)
         rps, device = float(row["serving_images_per_s"]), str(data["device"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+        provider, max_batch = row.get("provider"), int(row["max_batch_size"])
+        precision = str(row.get("precision", "fp32"))
+        serving = row["batches"].get(str(max_batch), {})
+        resident, fp16 = (_optional(serving.get("resident_images_per_s")),
+                          _optional(row.get("serving_fp16_images_per_s")))
+        agreement = row.get("agreement") or {}
+        fp32_diff, fp16_diff = (_largest(agreement.get("max_abs_diff_fp32")),
+                                _largest(agreement.get("max_abs_diff_fp16")))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,
             StopIteration) as exc:
         raise InputError(f"{path}: not a loadtest/gpu_network.py result with {network!r}: "
                          f"{exc!r}") from None
-    if row.get("provider") != "CUDAExecutionProvider":
-        raise InputError(f"{path}: {network} ran on {row.get('provider')}, not on a GPU")
-    return rps, device
+    if provider not in GPU_RUNTIMES:
+        raise InputError(f"{path}: {network} ran on {provider}, not on a GPU (expected one of "
+                         f"{', '.join(GPU_RUNTIMES)})")
+    runtime = GPU_RUNTIMES[provider]
+    versions = ", ".join(f"{k} {data[k]}" for k in ("torch", "onnx2torch") if k in data)
+    if provider == "CUDAExecutionProvider" and "onnxruntime" in data:
+        versions = f"onnxruntime {data['onnxruntime']}"
+    return GpuMeasurement(rps, device, f"{runtime} ({versions})" if versions else runtime,
+                          precision, max_batch, bool(row.get("tf32")), resident, fp16,
+                          fp32_diff, fp16_diff)
+
+
+def _optional(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _largest(diffs: dict[str, float] | None) -> float | None:
+    return max(float(v) for v in diffs.values()) if diffs else None
 
 
 @dataclass(frozen=True)
@@ -186,7 +234,7 @@ class Plan:
     envoy_ms: float
     classes: tuple[ImageClass, ...] = ()
     image_class: str = DEFAULT_IMAGE_CLASS
-    gpu_device: str = ""  # where gpu_rps was measured; empty: an assumption
+    gpu: GpuMeasurement | None = None  # where gpu_rps was measured; None: an assumption
 
     def cores(self, ms_per_request: float) -> float:
         return self.target_rps * ms_per_request / 1000 / self.utilisation
@@ -227,14 +275,14 @@ class Plan:
 
 def plan(rows: dict[str, Row], target_rps: float, utilisation: float, gpu_rps: float,
          spare_gpu: int, classes: list[ImageClass] | None = None,
-         image_class: str = DEFAULT_IMAGE_CLASS, gpu_device: str = "") -> Plan:
+         image_class: str = DEFAULT_IMAGE_CLASS, gpu: GpuMeasurement | None = None) -> Plan:
     """Proxy CPU per call is taken from whichever proxy scenario measured more (directly,
     or behind Envoy with TLS), so the estimate does not depend on which path was cheaper."""
     return Plan(target_rps, utilisation, gpu_rps, spare_gpu,
                 proxy_ms=max(rows[PROXY].cpu_ms["front"], rows[EDGE].cpu_ms["front"]),
                 aggregation_ms=rows[AGGREGATION].cpu_ms["front"],
                 envoy_ms=rows[EDGE].cpu_ms["envoy"], classes=tuple(classes or ()),
-                image_class=image_class, gpu_device=gpu_device)
+                image_class=image_class, gpu=gpu)
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -253,12 +301,41 @@ def _gpu_host_row(p: Plan) -> str:
 
 
 def _gpu_input(p: Plan) -> str:
-    if p.gpu_device:
-        return (f"**Measured on a GPU** ({p.gpu_device}, `loadtest/gpu_network.py`, "
-                f"`--gpu-bench`): CenterFace at its max batch size serves **{_f(p.gpu_rps)} "
-                f"images per second** on one GPU, the network alone; the decode and NMS "
-                f"around it are the GPU-host CPU row. Spare replicas: {p.spare_gpu} "
-                f"(`--spare-gpu-replicas`), for a rolling update or a failed node.")
+    g = p.gpu
+    if g is not None:
+        precision = g.precision + (" with TF32 convolutions (what onnxruntime's CUDA provider "
+                                   "does by default)" if g.tf32 else "")
+        notes = []
+        if g.fp32_max_abs_diff is not None:
+            notes.append(f"On one random input its outputs were within "
+                         f"{g.fp32_max_abs_diff:.2g} of onnxruntime's on the CPU.")
+        if g.resident_images_per_s is not None:
+            notes.append(f"With the tensors left on the GPU the network alone ran "
+                         f"{_f(g.resident_images_per_s)} images per second: the copies take "
+                         f"about {1 - g.images_per_s / g.resident_images_per_s:.0%} of a "
+                         f"batch's time.")
+        if g.fp16_images_per_s is not None:
+            within = (f" (outputs within {g.fp16_max_abs_diff:.2g} of onnxruntime's fp32 ones)"
+                      if g.fp16_max_abs_diff is not None else "")
+            notes.append(f"For reference only, fp16{within} served "
+                         f"{_f(g.fp16_images_per_s)} images per second at the same batch size; "
+                         f"Triton's onnxruntime backend serves the fp32 model as it is, so the "
+                         f"fp32 figure sizes the fleet.")
+        if not g.runtime.startswith("onnxruntime"):
+            notes.append("Triton runs the network with onnxruntime's CUDA provider, not this "
+                         "runtime; both run cuDNN's convolutions, but confirm the figure with "
+                         "`loadtest/gpu_network.py --runtime onnxruntime` on a host with "
+                         "onnxruntime's CUDA build before relying on a small margin.")
+        text = " ".join([
+            f"**Measured on a GPU**: {g.device}, {g.runtime}, {precision} "
+            f"(`loadtest/gpu_network.py`, `--gpu-bench`). CenterFace at its max batch size "
+            f"({g.max_batch_size}) serves **{_f(g.images_per_s)} images per second** on one "
+            f"GPU: the network alone, from host memory to host memory (the input's copy to the "
+            f"GPU and the outputs' copy back included); the decode and NMS around it are the "
+            f"GPU-host CPU row.", *notes,
+            f"Spare replicas: {p.spare_gpu} (`--spare-gpu-replicas`), for a rolling update or "
+            f"a failed node."])
+        return textwrap.fill(text, width=92, break_long_words=False, break_on_hyphens=False)
     return f"""**Assumption, not measured here** (this project's machines have no GPU): one Triton replica
 on one GPU serves **{_f(p.gpu_rps)} face_detector requests per second**
 (`--gpu-rps-per-replica`). It depends on the GPU, the image sizes, and whether decoding
@@ -377,8 +454,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default {DEFAULT_GPU_RPS:g}; measure it on your GPUs)")
     parser.add_argument("--spare-gpu-replicas", type=int, default=1)
     parser.add_argument("--gpu-bench", type=Path,
-                        help="loadtest/gpu_network.py output measured on a GPU: replaces "
-                             "--gpu-rps-per-replica with the measured figure")
+                        help="loadtest/gpu_network.py output measured on a GPU (onnxruntime's "
+                             "CUDA provider or PyTorch on CUDA), e.g. "
+                             "loadtest/results/gpu/gpu.json: replaces --gpu-rps-per-replica "
+                             "with the measured figure")
     parser.add_argument("--image-class", default=DEFAULT_IMAGE_CLASS,
                         help="image of the face_detector scenarios that sizes the GPU hosts' "
                              "CPU (default: the 12 MP phone JPEG)")
@@ -389,12 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target-rps and --gpu-rps-per-replica must be positive, "
                      "--spare-gpu-replicas not negative")
     bench_command, rows = load(args.bench)
-    gpu_rps, gpu_device = args.gpu_rps_per_replica, ""
+    gpu_rps, gpu = args.gpu_rps_per_replica, None
     if args.gpu_bench is not None:
-        gpu_rps, gpu_device = gpu_rps_from(args.gpu_bench)
+        gpu = gpu_measurement(args.gpu_bench)
+        gpu_rps = gpu.images_per_s
     p = plan(rows, args.target_rps, args.target_utilisation, gpu_rps,
              args.spare_gpu_replicas, load_image_classes(args.bench), args.image_class,
-             gpu_device)
+             gpu)
 
     def shown(path: Path) -> str:
         resolved = path.resolve()

@@ -20,6 +20,8 @@ from detect_deploy.manifests import DEPLOY
 
 FIXTURE = Path(__file__).resolve().parent / "bench_fixture.json"
 REAL_BENCH = DEPLOY.parent / "loadtest" / "results" / "bench" / "bench.json"
+# loadtest/gpu_network.py --runtime torch on an H100 (loadtest/results/gpu/README.md)
+GPU_BENCH = DEPLOY.parent / "loadtest" / "results" / "gpu" / "gpu.json"
 
 
 def fixture_data() -> dict:
@@ -153,9 +155,11 @@ def test_committed_report_is_what_the_model_gives_for_the_committed_bench(tmp_pa
     out = tmp_path / "CAPACITY.md"
     args = command[1:]
     args[args.index("--out") + 1] = str(out)
-    bench = DEPLOY.parent / args[args.index("--bench") + 1]
-    if not bench.exists():
-        pytest.skip(f"{bench} (the report's input) is not in this checkout")
+    inputs = [DEPLOY.parent / args[args.index(flag) + 1]
+              for flag in ("--bench", "--gpu-bench") if flag in args]
+    for path in inputs:
+        if not path.exists():
+            pytest.skip(f"{path} (the report's input) is not in this checkout")
     result = subprocess.run([sys.executable, *args],
                             capture_output=True, text=True, timeout=60, cwd=DEPLOY.parent)
     assert result.returncode == 0, result.stderr
@@ -172,8 +176,9 @@ def test_a_gpu_measurement_replaces_the_assumption_and_a_cpu_one_is_refused(tmp_
     centerface = data["networks"][0]
     assert centerface["model"] == "centerface" and set(centerface["batches"]) == {"1", "2"}
     assert data["device"] == "cpu"  # this machine has no GPU
+    assert (centerface["runtime"], centerface["precision"]) == ("onnxruntime", "fp32")
     with pytest.raises(capacity.InputError, match="not on a GPU"):
-        capacity.gpu_rps_from(measured)
+        capacity.gpu_measurement(measured)
     centerface.update(provider="CUDAExecutionProvider", serving_images_per_s=1200.0)
     data["device"] = "NVIDIA H100"
     measured.write_text(json.dumps(data))
@@ -181,5 +186,58 @@ def test_a_gpu_measurement_replaces_the_assumption_and_a_cpu_one_is_refused(tmp_
     assert capacity.main(["--bench", str(FIXTURE), "--out", str(out),
                           "--gpu-bench", str(measured)]) == 0
     text = out.read_text()
-    assert "**Measured on a GPU** (NVIDIA H100" in text and "Assumption" not in text
+    assert "**Measured on a GPU**: NVIDIA H100, onnxruntime's CUDA execution provider" in text
+    assert "Assumption" not in text and "fp16" not in text
     assert f"**{math.ceil(10_000 / (1200 * 0.65)) + 1} replicas**" in text
+
+
+@pytest.mark.skipif(not GPU_BENCH.exists(), reason="no GPU measurement in this checkout")
+def test_the_committed_torch_measurement_sizes_with_fp32_and_names_how_it_ran(tmp_path):
+    data = json.loads(GPU_BENCH.read_text())
+    row = data["networks"][0]
+    g = capacity.gpu_measurement(GPU_BENCH)
+    assert g.images_per_s == row["serving_images_per_s"] == \
+        row["batches"][str(row["max_batch_size"])]["images_per_s"]
+    assert (g.device, g.precision, g.max_batch_size) == (data["device"], "fp32", 8)
+    assert g.runtime.startswith("PyTorch on CUDA") and "onnx2torch" in g.runtime
+    assert g.fp16_images_per_s == row["serving_fp16_images_per_s"]
+    assert row["agreement"]["fp16_agrees"] and g.fp16_max_abs_diff is not None
+    out = tmp_path / "CAPACITY.md"
+    assert capacity.main(["--bench", str(FIXTURE), "--out", str(out),
+                          "--gpu-bench", str(GPU_BENCH)]) == 0
+    text = " ".join(out.read_text().split())  # the paragraph is wrapped
+    assert f"**Measured on a GPU**: {data['device']}, PyTorch on CUDA" in text
+    assert "fp32 with TF32 convolutions" in text and "For reference only, fp16" in text
+    assert f"⌈10,000 / ({g.images_per_s:,.0f} × 0.65)⌉" in text
+    assert f"**{math.ceil(10_000 / (g.images_per_s * 0.65)) + 1} replicas**" in text
+    row["provider"] = "torch-cpu"
+    measured = write(tmp_path, data)
+    with pytest.raises(capacity.InputError, match="ran on torch-cpu, not on a GPU"):
+        capacity.gpu_measurement(measured)
+
+
+def test_max_batch_size_is_read_without_the_project_environment(monkeypatch):
+    from detect_loadtest import gpu_network
+
+    loaded = gpu_network.max_batch_size("centerface")
+    monkeypatch.setitem(sys.modules, "detect_localtriton.model_config", None)  # ImportError
+    assert gpu_network.max_batch_size("centerface") == loaded == 8
+
+
+def test_the_torch_runtime_checks_agreement_and_a_cpu_run_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    from detect_loadtest import gpu_network
+
+    if not (gpu_network.REPOSITORY / "centerface" / "1" / "model.onnx").is_file():
+        pytest.skip("no CenterFace model (make models)")
+    measured = tmp_path / "gpu.json"
+    assert gpu_network.main(["--runtime", "torch", "--out", str(measured), "--batches", "1",
+                             "--seconds", "0.1"]) == 0
+    data = json.loads(measured.read_text())
+    row = data["networks"][0]
+    assert data["runtime"] == "torch" and row["precision"] == "fp32"
+    assert max(row["agreement"]["max_abs_diff_fp32"].values()) < 0.1
+    if row["provider"] == "torch-cpu":
+        with pytest.raises(capacity.InputError, match="not on a GPU"):
+            capacity.gpu_measurement(measured)
