@@ -143,7 +143,7 @@ test: venv triton system-deps protos models testdata lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # Benchmarks (loadtest/bench.py): results in loadtest/results/bench, the report in
-# loadtest/RESULTS.md. The smoke run (< 60 s) is also part of `make test`, so the harness
+# loadtest/RESULTS.md. The smoke run (about a minute) is also part of `make test`, so the harness
 # keeps working.
 BENCH_ARGS ?=
 bench: venv triton system-deps protos models testdata

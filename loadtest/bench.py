@@ -1,21 +1,23 @@
 """Benchmarks, side by side in one run: the proxy against its baselines, on loopback only.
 
-Every scenario drives unary Detect calls with h2load (closed loop: fixed concurrency; open
-loop: fixed arrival rate) through one front end, while a Python client samples answers for
-correctness (loadtest/sampler.py). h2load does not read grpc-status, so outcomes are
-cross-checked with the proxy's own OK counter and the rows the backend inferred. CPU per
-request comes from /proc for every process, the batch-size histogram from the backend's
-ModelStatistics. Results: bench.json and bench.md in --out; a full run also regenerates
-loadtest/RESULTS.md (loadtest/report.py). Each run is bounded in requests and time.
+Every scenario drives Detect calls (or DetectStream calls of several frames) with h2load
+(closed loop: fixed concurrency; open loop: fixed arrival rate) through one front end, while
+a Python client samples answers for correctness (loadtest/sampler.py). h2load does not read
+grpc-status, so outcomes are cross-checked with the proxy's own counters (OK calls, cache
+lookups, stream images) and the rows the backend inferred. CPU per request comes from /proc
+for every process, the batch-size histogram from the backend's ModelStatistics. Results:
+bench.json and bench.md in --out; a full run also regenerates loadtest/RESULTS.md
+(loadtest/report.py). Each run is bounded in requests and time.
 
     make bench          # full run, a few minutes
-    make bench-smoke    # < 60 s, part of `make test` so the harness keeps working
+    make bench-smoke    # about a minute, part of `make test` so the harness keeps working
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -27,16 +29,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
+import numpy as np
 import tritonclient.grpc as grpcclient
 
-from detect.v1 import detect_pb2
+from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_loadtest import h2load, pipeline_limit, report
 from detect_loadtest.h2load import Load, grpc_frame
 from detect_loadtest.procstat import cpu_seconds
-from detect_loadtest.sampler import Sampler, expected_detections
+from detect_loadtest.sampler import Sampler, answer_rows, expected_detections
 from detect_proxy import contract
 from detect_proxy.models import from_config
 from detect_stack.phone_photos import SIZES as PHONE_PHOTOS
@@ -61,6 +64,14 @@ UNLIMITED: dict[str, Any] = {"global_rps": 1_000_000, "global_burst": 1_000_000,
                              "client_rps": 1_000_000, "client_burst": 1_000_000}
 PROXY_FLAGS = ("--log-level", "warning")
 NO_AGGREGATION = ("--batch-max-wait-us", "0")
+# The launcher turns the result cache off unless a --cache- flag is given: name both states.
+CACHE_OFF = ("--cache-ttl-s", "0")
+CACHE_ON = ("--cache-ttl-s", "3600")
+STREAM_FRAMES = 16  # images per DetectStream call of (h)
+STREAM_WINDOW = 8  # the proxy's default --stream-window: images of one stream in flight
+# Backend rows a scenario answered from the cache may still cause (an entry that expired or
+# was evicted mid-run): more than this and hits are reaching the backend.
+HANDFUL = 4
 
 
 @dataclass
@@ -72,6 +83,38 @@ class Front:
     proxy_metrics: list[int] = field(default_factory=list)  # proxies' Prometheus ports
     path: str = DETECT_PATH
     backend_tls: Path | None = None  # certificates of a backend that serves TLS only
+
+
+CacheCase = Literal["off", "miss", "hit"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What each h2load request carries when it is not one plain Detect of the image, and
+    which of the proxy's counters must agree with it.
+
+    ``stream_frames``: a DetectStream of that many frames (distinct ids, the same image),
+    declared in ``x-detect-images``; h2load sends the whole body and half-closes. ``cache``:
+    the proxy's result cache in this scenario, checked with its lookup counter: "off" (no
+    lookups), "miss" (every request sets skip_cache: h2load repeats one body, so a bypass is
+    how a miss's whole cost, hashing and storing included, is produced; the sampling
+    client's calls are hits), "hit" (the backend sees at most a handful of rows)."""
+    stream_frames: int = 0
+    cache: CacheCase | None = None
+
+    @property
+    def images(self) -> int:
+        """Images per request."""
+        return self.stream_frames or 1
+
+    @property
+    def cached(self) -> bool:
+        """Whether the sampling client's calls are answered from the cache (the warm-up
+        stored the image's answer) rather than by the backend."""
+        return self.cache in ("miss", "hit")
+
+
+UNARY = Shape()
 
 
 def _plain(target: str) -> Callable[[], grpc.Channel]:
@@ -165,40 +208,118 @@ def _stats(urls: list[str], model: str,
     return rows, sizes
 
 
-def _ok_calls(ports: list[int]) -> tuple[int, int]:
+def _scrape_all(ports: list[int]) -> list[Sample]:
+    return [s for port in ports for s in scrape(port)]
+
+
+def _ok_calls(samples: list[Sample]) -> tuple[int, int]:
     name = "rpc_server_duration_milliseconds_count"
-    samples = [s for port in ports for s in scrape(port)]
     return int(value(samples, name, status="OK")), int(value(samples, name))
+
+
+CACHE_RESULTS = ("hit", "miss", "coalesced", "bypassed")
+
+
+def _counters(samples: list[Sample]) -> dict[str, int]:
+    """The proxy's counters the cache and stream scenarios are checked with."""
+    counts = {f"cache {result}": int(value(samples, "detect_cache_lookups_total", result=result))
+              for result in CACHE_RESULTS}
+    counts["stream images ok"] = int(value(samples, "detect_images_total",
+                                           method=contract.DETECT_STREAM, code="OK"))
+    return counts
+
+
+def _expected_counters(shape: Shape, requests: int, sampled: int) -> dict[str, list[int]]:
+    """[low, high] of each counter's rise: what the scenario's calls must have done."""
+    images = requests * shape.images
+    zero = [0, 0]
+    expected: dict[str, list[int]] = {}
+    if shape.cache == "off":
+        expected = {f"cache {result}": zero for result in CACHE_RESULTS}
+    elif shape.cache == "miss":
+        expected = {"cache bypassed": [images, images], "cache hit": [sampled, sampled],
+                    "cache miss": zero, "cache coalesced": zero}
+    elif shape.cache == "hit":
+        hits = images + sampled
+        expected = {"cache hit": [hits - HANDFUL, hits], "cache miss": [0, HANDFUL],
+                    "cache coalesced": [0, HANDFUL], "cache bypassed": zero}
+    if shape.stream_frames:
+        expected["stream images ok"] = [images, images]
+    return expected
 
 
 def _increase(before: list[Sample], after: list[Sample], metric: str, **labels: str) -> float:
     return value(after, metric, **labels) - value(before, metric, **labels)
 
 
-def request_body(front: Front, tritons: list[str], model: str, image: bytes) -> bytes:
+def request_body(front: Front, tritons: list[str], model: str, image: bytes,
+                 shape: Shape = UNARY) -> bytes:
     if front.path == INFER_PATH:
         with grpcclient.InferenceServerClient(tritons[0]) as client:
             config = client.get_model_config(model).config
         return grpc_frame(from_config(config).request.build([image]))
-    return grpc_frame(detect_pb2.DetectRequest(image=image, model=model).SerializeToString())
+    request = detect_pb2.DetectRequest(image=image, model=model,
+                                       skip_cache=shape.cache == "miss")
+    if not shape.stream_frames:
+        return grpc_frame(request.SerializeToString())
+    # A gRPC request body may hold several length-prefixed messages: one stream, whole.
+    return b"".join(grpc_frame(m.SerializeToString()) for m in stream_frames(request, shape))
+
+
+def stream_frames(request: detect_pb2.DetectRequest,
+                  shape: Shape) -> list[detect_pb2.DetectStreamRequest]:
+    return [detect_pb2.DetectStreamRequest(id=str(i), request=request)
+            for i in range(shape.stream_frames)]
+
+
+def stream_check(front: Front, request: detect_pb2.DetectRequest, shape: Shape,
+                 expected: np.ndarray, timeout_s: float) -> dict:
+    """One DetectStream of the scenario's frames through the front end, its answers compared
+    with the backend's own: h2load never reads the frames it gets back."""
+    assert front.channel is not None
+    header = ((contract.DECLARED_IMAGES_HEADER, str(shape.stream_frames)),)
+    frames = stream_frames(request, shape)
+    mismatches = 0
+    with front.channel() as channel:
+        answers = list(detect_pb2_grpc.DetectorStub(channel).DetectStream(
+            iter(frames), metadata=header, timeout=timeout_s))
+    for frame, answer in zip(frames, answers, strict=False):
+        rows = answer_rows(answer.result.response)
+        if (answer.id != frame.id or not answer.result.HasField("response")
+                or rows.shape != expected.shape
+                or not np.allclose(rows, expected, rtol=1e-4, atol=1e-3)):
+            mismatches += 1
+    return {"frames": len(frames), "answers": len(answers), "mismatches": mismatches}
 
 
 def measure(name: str, group: str, front: Front, tritons: list[str], model: str, image: bytes,
-            load: Load, tmp: Path, timeout_s: float, batch_model: str | None = None) -> dict:
+            load: Load, tmp: Path, timeout_s: float, batch_model: str | None = None,
+            shape: Shape = UNARY) -> dict:
     """One scenario: warm up, then h2load plus the sampling client, with every cross-check."""
     batch_model = batch_model or model
     body = tmp / f"{name}.bin"
-    body.write_bytes(request_body(front, tritons, model, image))
-    url = front.url + front.path
-    h2load.run(url, body, Load(max(20, load.requests // 10), load.clients, load.streams),
-               tmp / f"{name}-warmup.log", timeout_s)
+    body.write_bytes(request_body(front, tritons, model, image, shape))
+    path = contract.DETECT_STREAM_PATH if shape.stream_frames else front.path
+    url = front.url + path
+    if shape.stream_frames:
+        load = dataclasses.replace(load, headers=(
+            *load.headers, f"{contract.DECLARED_IMAGES_HEADER}: {shape.stream_frames}"))
+    # Warm-up: about a tenth of the images (at least 20), closed loop, with the same headers.
+    warm_images = max(20, load.requests * shape.images // 10)
+    warmup = dataclasses.replace(
+        load, requests=max(load.clients, -(-warm_images // shape.images)), rps_per_client=0.0)
+    h2load.run(url, body, warmup, tmp / f"{name}-warmup.log", timeout_s)
     expected = expected_detections(tritons[0], model, image, front.backend_tls)
+    checked_stream = None
+    if shape.stream_frames and front.channel is not None:
+        checked_stream = stream_check(front, detect_pb2.DetectRequest(image=image, model=model),
+                                      shape, expected, timeout_s)
     stats = functools.partial(_stats, tls=front.backend_tls)
     pids = front.pids
     before_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
     before_rows, before_sizes = stats(tritons, batch_model)
     before_model_rows = stats(tritons, model)[0] if batch_model != model else before_rows
-    before_ok = _ok_calls(front.proxy_metrics) if front.proxy_metrics else (0, 0)
+    before_metrics = _scrape_all(front.proxy_metrics)
     sampler = None
     if front.channel is not None:
         channel = front.channel()
@@ -214,32 +335,64 @@ def measure(name: str, group: str, front: Front, tritons: list[str], model: str,
     after_cpu = {role: sum(cpu_seconds(p) for p in ps) for role, ps in pids.items()}
     after_rows, after_sizes = stats(tritons, batch_model)
     after_model_rows = stats(tritons, model)[0] if batch_model != model else after_rows
+    after_metrics = _scrape_all(front.proxy_metrics)
     calls = load.requests + samples["samples"] + sum(samples["errors"].values())
+    # The sampling client's calls reach the backend unless the cache answers them.
+    sampled_rows = 0 if shape.cached else samples["samples"]
     out = {"scenario": name, "group": group, "model": model, "requests": load.requests,
            **result, "sampled": samples,
-           "backend_ok_rows": after_model_rows - before_model_rows - samples["samples"],
+           "backend_ok_rows": after_model_rows - before_model_rows - sampled_rows,
            "cpu_ms_per_request": {
                role: round((after_cpu[role] - before_cpu[role]) * 1000 / calls, 3)
                for role in pids},
            "backend_batch_sizes": {k: v - before_sizes.get(k, 0) for k, v in after_sizes.items()
                                    if v - before_sizes.get(k, 0)},
            "batch_model": batch_model}
+    if shape != UNARY:
+        images = load.requests * shape.images
+        out["backend_expected_rows"] = [0, HANDFUL] if shape.cache == "hit" else [images] * 2
+        out["backend_sampled_rows"] = sampled_rows
+    if shape.cache:
+        out["cache"] = shape.cache
+    if shape.stream_frames:
+        out["images_per_request"] = shape.images
+        out["images_per_s"] = round(result["rps"] * shape.images, 1)
+        image_count = calls - load.requests + load.requests * shape.images
+        out["cpu_ms_per_image"] = {
+            role: round((after_cpu[role] - before_cpu[role]) * 1000 / image_count, 3)
+            for role in pids}
+        out["stream_check"] = checked_stream
     if front.proxy_metrics:
-        ok, total = (a - b for a, b in zip(_ok_calls(front.proxy_metrics), before_ok,
+        ok, total = (a - b for a, b in zip(_ok_calls(after_metrics), _ok_calls(before_metrics),
                                               strict=True))
         # The sampling client's calls are counted too.
         out["proxy_calls"] = {"total": total, "ok": ok, "failed": total - ok,
                               "expected_ok": load.requests + samples["samples"]}
+        expected_counters = _expected_counters(shape, load.requests, samples["samples"])
+        if expected_counters:
+            before, after = _counters(before_metrics), _counters(after_metrics)
+            out["proxy_counters"] = {k: after[k] - before[k] for k in expected_counters}
+            out["expected_counters"] = expected_counters
     return out
 
 
 def failures(result: dict) -> list[str]:
     problems = []
-    if result["backend_ok_rows"] != result["requests"]:
-        problems.append(f"backend answered {result['backend_ok_rows']} of {result['requests']}")
+    low, high = result.get("backend_expected_rows", [result["requests"]] * 2)
+    if not low <= result["backend_ok_rows"] <= high:
+        wanted = str(low) if low == high else f"{low} to {high}"
+        problems.append(f"backend answered {result['backend_ok_rows']} rows for "
+                        f"{result['requests']} requests, not {wanted}")
     calls = result.get("proxy_calls")
     if calls and (calls["ok"] != calls["expected_ok"] or calls["failed"]):
         problems.append(f"proxy counted {calls}")
+    for counter, (low, high) in result.get("expected_counters", {}).items():
+        counted = result["proxy_counters"][counter]
+        if not low <= counted <= high:
+            problems.append(f"proxy counted {counted} {counter}, not {low} to {high}")
+    checked = result.get("stream_check")
+    if checked and (checked["mismatches"] or checked["answers"] != checked["frames"]):
+        problems.append(f"a checked stream's answers: {checked}")
     if result["http_not_200"]:
         problems.append(f"{result['http_not_200']} HTTP answers were not 200")
     sampled = result["sampled"]
@@ -321,11 +474,12 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
         tritons = [triton]
         pid = backend.popen.pid
 
-        def add(name: str, group: str, front_cm, model: str = "null_detector", load=closed):
+        def add(name: str, group: str, front_cm, model: str = "null_detector", load=closed,
+                shape: Shape = UNARY, batch_model: str | None = None):
             with front_cm as front:
                 front.pids.setdefault("localtriton", [pid])
                 results.append(measure(name, group, front, tritons, model, image, load, tmp,
-                                       args.timeout))
+                                       args.timeout, batch_model=batch_model, shape=shape))
             print(f"  {name}: {results[-1]['rps']} RPS, p50 {results[-1]['latency_ms']['p50']} ms",
                   file=sys.stderr)
 
@@ -371,7 +525,30 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
         add("proxy+aggregation c=1", "latency",
             proxy_front(tmp, triton, ("--batch-max-wait-us", str(args.batch_wait_us))), load=one)
         add("envoy+proxy c=1", "latency", envoy_front(tmp, triton, 1), load=one)
+        # (h): the result cache and DetectStream on null_detector, where the proxy's own cost
+        # shows. The cache-off row is also the unary side of stream vs unary: streams of
+        # STREAM_FRAMES frames, as many images in flight (a window of 8 per stream).
+        add("proxy cache off", "cache", proxy_front(tmp, triton, (*NO_AGGREGATION, *CACHE_OFF)),
+            shape=Shape(cache="off"))
+        streamed = Shape(stream_frames=STREAM_FRAMES, cache="off")
+        add(f"proxy stream x{STREAM_FRAMES}", "stream",
+            proxy_front(tmp, triton, (*NO_AGGREGATION, *CACHE_OFF)),
+            load=stream_load(closed), shape=streamed)
+        add("proxy cache miss", "cache", proxy_front(tmp, triton, (*NO_AGGREGATION, *CACHE_ON)),
+            shape=Shape(cache="miss"))
+        add("proxy cache hit", "cache", proxy_front(tmp, triton, (*NO_AGGREGATION, *CACHE_ON)),
+            shape=Shape(cache="hit"))
+        print(f"  (h) {cache_and_stream_ratios(results)}", file=sys.stderr)
         if not args.smoke:
+            # Stream vs unary on face_detector, where the backend's cost dominates; half the
+            # face_detector calls of (d) keep it to about half a minute.
+            face = Load(max(STREAM_FRAMES * 2, args.face_requests // 2), 2, 8)
+            add("face_detector unary", "stream",
+                proxy_front(tmp, triton, (*NO_AGGREGATION, *CACHE_OFF)), model="face_detector",
+                load=face, shape=Shape(cache="off"), batch_model="centerface")
+            add(f"face_detector stream x{STREAM_FRAMES}", "stream",
+                proxy_front(tmp, triton, (*NO_AGGREGATION, *CACHE_OFF)), model="face_detector",
+                load=stream_load(face), shape=streamed, batch_model="centerface")
             # (e): one proxy process vs two, behind Envoy.
             heavy = Load(n, args.clients, args.streams * 2)
             add("envoy+proxy", "processes", envoy_front(tmp, triton, 1), load=heavy)
@@ -404,6 +581,28 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
         face_scenario(args, photo): pipeline_limit.measure(photo, args.limit_seconds)
         for photo in face_images(args)}
     return {"results": results, "pipeline_limit": limits, "overload": overload}
+
+
+def cache_and_stream_ratios(results: list[dict]) -> str:
+    """(h)'s ratios in one line, for the console: the report has them in full."""
+    s = {r["scenario"]: r for r in results}
+    off, miss, hit = s["proxy cache off"], s["proxy cache miss"], s["proxy cache hit"]
+    stream = s[f"proxy stream x{STREAM_FRAMES}"]
+
+    def front(r: dict) -> float:
+        return float(r["cpu_ms_per_request"]["front"])
+
+    return (f"proxy CPU per call vs no cache: hit {front(hit) / front(off):.2f}x, "
+            f"miss {front(miss) / front(off):.2f}x; stream / unary: images/s "
+            f"{stream['images_per_s'] / off['rps']:.2f}x, proxy CPU per image "
+            f"{stream['cpu_ms_per_image']['front'] / front(off):.2f}x")
+
+
+def stream_load(unary: Load) -> Load:
+    """The DetectStream counterpart of a closed ``unary`` load: as many images (in calls of
+    STREAM_FRAMES) and as many in flight (each stream has a window of STREAM_WINDOW)."""
+    return Load(max(unary.clients, unary.requests // STREAM_FRAMES), unary.clients,
+                max(1, unary.streams // STREAM_WINDOW))
 
 
 def face_images(args: argparse.Namespace) -> list[Path]:
@@ -439,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, default=ROOT / "build" / "testdata" / "coffee.png")
     parser.add_argument("--timeout", type=float, default=300, help="limit per h2load run, s")
     parser.add_argument("--smoke", action="store_true",
-                        help="small, fast run for CI: fewer calls, no (d)/(e) scenarios")
+                        help="small, fast run for CI: fewer calls, null_detector only, "
+                             "no (d)/(e)/(g) scenarios")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" / "bench")
     parser.add_argument("--report", type=Path, default=ROOT / "loadtest" / "RESULTS.md",
                         help="where a full run writes the report")

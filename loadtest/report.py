@@ -40,7 +40,7 @@ def table(data: dict) -> str:
         lines.append(
             f"| {r['scenario']} | {r['load']} | {r['rps']} | {r['latency_ms']['p50']} | "
             f"{r['latency_ms']['p95']} | {r['latency_ms']['p99']} | "
-            f"{calls['ok'] if calls else '-'} | {r['backend_ok_rows']}/{r['requests']} | "
+            f"{calls['ok'] if calls else '-'} | {_rows(r)} | "
             f"{s['samples'] - s['mismatches']}/{s['samples'] + sum(s['errors'].values())} | "
             + " | ".join(str(r["cpu_ms_per_request"].get(role, "-")) for role in roles)
             + f" | {_histogram(r)} |")
@@ -48,6 +48,13 @@ def table(data: dict) -> str:
             "h2load cannot read grpc-status: successes are the proxy's own count of OK calls "
             "(the sampling client's calls included) and the rows the backend answered.\n\n"
             + "\n".join(lines) + "\n")
+
+
+def _rows(r: dict) -> str:
+    """Rows the backend answered for the scenario's calls, against what they should be: the
+    requests, the images of its streams, or at most a handful where the cache answers."""
+    low, high = r.get("backend_expected_rows", [r["requests"]] * 2)
+    return f"{r['backend_ok_rows']}/{low}" if low == high else f"{r['backend_ok_rows']} (<= {high})"
 
 
 def _histogram(r: dict) -> str:
@@ -321,6 +328,119 @@ excess is refused at once instead of queued past its deadline or sent again.
 """
 
 
+def _per_image(r: dict, role: str) -> float:
+    """CPU ms per image: a stream's calls carry several."""
+    return float(r.get("cpu_ms_per_image", r["cpu_ms_per_request"]).get(role, 0.0))
+
+
+def _lookups(r: dict) -> str:
+    counted = r.get("proxy_counters", {})
+    return ", ".join(f"{k.removeprefix('cache ')} {n}" for k, n in counted.items()
+                     if k.startswith("cache ") and n) or "none"
+
+
+def _stream_pairs(data: dict) -> list[tuple[dict, dict]]:
+    """(unary, stream) rows of (h): each DetectStream scenario with the uncached unary
+    scenario of its model."""
+    uncached = [r for r in data["results"] if r.get("cache") == "off"]
+    pairs = []
+    for stream in uncached:
+        if stream.get("images_per_request", 1) > 1:
+            unary = next((r for r in uncached if r["model"] == stream["model"]
+                          and "images_per_request" not in r), None)
+            if unary is not None:
+                pairs.append((unary, stream))
+    return pairs
+
+
+def figure_h(s: dict, pairs: list[tuple[dict, dict]]) -> str:
+    off, miss, hit = s["proxy cache off"], s["proxy cache miss"], s["proxy cache hit"]
+    rows = []
+    for label, r in (("no cache (`--cache-ttl-s 0`)", off),
+                     ("miss (cache on, every call `skip_cache`)", miss),
+                     ("hit (cache on, the same image every call)", hit)):
+        rows.append(f"| {label} | {r['rps']} | {r['latency_ms']['p50']} / "
+                    f"{r['latency_ms']['p99']} | {_cpu(r, 'front')} | "
+                    f"{_cpu(r, 'localtriton')} | {_cpu(r, 'front', 'localtriton'):.3f} | "
+                    f"{_rows(r)} | {_lookups(r)} |")
+
+    def ratio(r: dict, *roles: str) -> str:
+        return f"{_cpu(r, *roles) / _cpu(off, *roles):.2f}x"
+
+    hit_rps = f"{hit['rps'] / off['rps']:.2f}x"
+    miss_us = f"{(_cpu(miss, 'front') - _cpu(off, 'front')) * 1000:+.0f}"
+    return f"""## (h) Result cache and DetectStream
+
+One proxy at a time (aggregation off) in front of one localtriton, with null_detector: the
+model costs next to nothing, so the proxy's own cost shows. A full run also compares streams
+on face_detector, where the backend's cost dominates.
+
+### Result cache: no cache, a miss, a hit
+
+Three proxies that differ only in the cache, {off['requests']} calls each, {off['load']}.
+h2load sends one body again and again, so with the cache on every call after the first
+would be a hit. A miss's whole cost (hashing the image, the lookup, the model, storing the
+answer) is produced by setting `skip_cache` on every call: it runs the model and stores its
+answer as a miss does. The sampling client never skips the cache: in both cache-on rows its
+calls are hits, checked against the backend's own answers. The backend must answer every
+call without the cache and with `skip_cache`, and at most a handful with hits, whose lookups
+the proxy must count.
+
+| | RPS | p50 / p99 ms | proxy CPU ms/call | backend CPU ms/call | proxy + backend | backend rows | cache lookups |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Relative to no cache, a hit costs the proxy {ratio(hit, 'front')} the CPU, proxy and
+backend together {ratio(hit, 'front', 'localtriton')}, at {hit_rps} the RPS. A miss costs
+the proxy {ratio(miss, 'front')} ({miss_us} µs per call; what a miss adds is the image's
+SHA-256, the lookup and storing the answer) and the backend {ratio(miss, 'localtriton')}.
+A hit still pays what every call pays before the model: receiving the image through gRPC,
+checking its header, and hashing it for the key.
+{_stream_part(pairs)}"""
+
+
+def _stream_part(pairs: list[tuple[dict, dict]]) -> str:
+    if not pairs:
+        return ""
+    rows, summary = [], []
+    for unary, stream in pairs:
+        n = stream["images_per_request"]
+        for label, r, per_s in (("unary Detect", unary, unary["rps"]),
+                                (f"DetectStream of {n}", stream, stream["images_per_s"])):
+            rows.append(f"| {r['model']} | {label} | {r['load']} | {per_s} | "
+                        f"{r['latency_ms']['p50']} | {_per_image(r, 'front')} | "
+                        f"{_per_image(r, 'localtriton')} | {_rows(r)} |")
+        front = _per_image(stream, "front") / _per_image(unary, "front")
+        backend = _per_image(stream, "localtriton") / _per_image(unary, "localtriton")
+        summary.append(f"| {stream['model']} | {stream['images_per_s'] / unary['rps']:.2f}x | "
+                       f"{front:.2f}x | {backend:.2f}x |")
+    frames = pairs[0][1]["images_per_request"]
+    return f"""
+### DetectStream vs unary Detect
+
+The same image sent as DetectStream calls of {frames} frames (distinct ids, declared in
+`x-detect-images`), each body sent whole by h2load, which then half-closes, and as unary
+Detect calls (for null_detector, the no-cache row above). Cache off, aggregation off. The
+stream rows keep as many images in flight as the unary ones: the proxy reads at most its
+window of 8 frames of a stream ahead of its answers. h2load never reads the frames it gets
+back, so the proxy's count of stream images answered OK and the backend's rows must both
+come to the images sent, and one stream per scenario is compared frame by frame with the
+backend's own answers before the load.
+
+| model | call | load | images/s | p50 ms per call | proxy CPU ms/image | backend CPU ms/image | backend rows |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+| stream / unary | images/s | proxy CPU per image | backend CPU per image |
+|---|---|---|---|
+{chr(10).join(summary)}
+
+A stream spares what is paid per call (HTTP/2 headers, setting up a call, its span and
+metrics) but not what is paid per image (receiving it, checking its header, a ModelInfer):
+the proxy's CPU per image says how much of a unary call was per-call overhead.
+"""
+
+
 def aggregation(s: dict) -> str:
     """Whether request aggregation earns being on by default: it must not cost front CPU or
     latency in any load shape measured."""
@@ -387,6 +507,8 @@ Compare rows of this page with each other, not with another run or machine.
         parts.append(figure_f(s))
     if data.get("overload"):
         parts.append(figure_g(data["overload"]))
+    if "proxy cache hit" in s:
+        parts.append(figure_h(s, _stream_pairs(data)))
     parts += [aggregation(s), open_loop(s), table(data).replace("# Benchmark scenarios", "## Every scenario")]
     return "\n".join(parts)
 

@@ -37,7 +37,7 @@ def wheels(tmp_path_factory) -> dict[str, Path]:
     return {"client": client, "server": server}
 
 
-def test_the_client_wheel_carries_the_stubs_and_needs_grpcio_and_protobuf_only(wheels):
+def test_the_client_wheel_carries_the_stubs_and_needs_grpcio_and_protobufs_only(wheels):
     names, requires = _metadata(wheels["client"])
     assert {"detect/__init__.py", "detect/v1/__init__.py", "detect/v1/detect_pb2.py",
             "detect/v1/detect_pb2_grpc.py", "detect_client/channel.py",
@@ -45,7 +45,9 @@ def test_the_client_wheel_carries_the_stubs_and_needs_grpcio_and_protobuf_only(w
     # The comments of the API, which the proxy's server reflection serves.
     assert "detect/v1/detect_descriptor_set.pb" in names
     required = sorted(r.split(">")[0].split("=")[0].strip() for r in requires if "extra" not in r)
-    assert required == ["grpcio", "protobuf"]
+    # google.rpc.Status (per-image errors of DetectBatch and DetectStream) comes with
+    # googleapis-common-protos.
+    assert required == ["googleapis-common-protos", "grpcio", "protobuf"]
 
 
 def test_the_server_wheel_depends_on_the_client_instead_of_copying_the_stubs(wheels):
@@ -69,8 +71,10 @@ def test_the_client_installs_into_a_clean_venv_and_calls_the_service(wheels, tmp
         [python, "-m", "pip", "list", "--format", "json", "--exclude", "pip",
          "--exclude", "setuptools"], check=True, capture_output=True, text=True).stdout)
     names = {p["name"].lower().replace("_", "-") for p in installed}
-    # grpcio, protobuf and what they pull in (grpcio: typing-extensions); none of the server's.
-    assert names == {"detect-client", "grpcio", "protobuf", "typing-extensions"}
+    # grpcio, protobuf, googleapis-common-protos and what they pull in (grpcio:
+    # typing-extensions); none of the server's.
+    assert names == {"detect-client", "grpcio", "protobuf", "googleapis-common-protos",
+                     "typing-extensions"}
     detect = env_dir / "bin" / "detect"
     listed = subprocess.run([detect, "models", "--plaintext", "--target", proxy_target,
                              "--json"], capture_output=True, text=True, timeout=60)
@@ -95,5 +99,8 @@ def test_stubs_import_and_describe_the_api():
 
     service = detect_pb2.DESCRIPTOR.services_by_name["Detector"]
     assert service.full_name == "detect.v1.Detector"
-    assert [m.name for m in service.methods] == ["Detect", "ListModels"]
+    assert [m.name for m in service.methods] == ["Detect", "DetectBatch", "DetectStream",
+                                                 "ListModels"]
+    stream = service.methods_by_name["DetectStream"]
+    assert stream.client_streaming and stream.server_streaming
     assert hasattr(detect_pb2_grpc, "DetectorStub")

@@ -26,8 +26,13 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 def service_config(timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = 3) -> str:
-    """gRPC service config: a default deadline and retries of "try again later" codes."""
-    method: dict[str, Any] = {"name": [{"service": SERVICE}], "timeout": f"{timeout_s:g}s"}
+    """gRPC service config: a default deadline and retries of "try again later" codes for
+    the unary calls; a DetectStream lasts as long as its caller wants (it sets its own
+    deadline, if any)."""
+    unary = [m.name for m in detect_pb2.DESCRIPTOR.services_by_name["Detector"].methods
+             if not m.client_streaming and not m.server_streaming]
+    method: dict[str, Any] = {"name": [{"service": SERVICE, "method": name} for name in unary],
+                              "timeout": f"{timeout_s:g}s"}
     if max_attempts > 1:
         method["retryPolicy"] = {
             "maxAttempts": max_attempts, "initialBackoff": "0.2s", "maxBackoff": "2s",
