@@ -11,9 +11,10 @@ plain message (the traceback goes to the log, never to the caller).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -74,19 +75,9 @@ class CallObserver:
                 ) -> Handler[Request, Response]:
         async def observed(request: Request, context: Context) -> Response:
             call = self._start(method, request, context)
-            try:
-                with trace.use_span(call.span, end_on_exit=False):
-                    self._admit()
-                    return await handler(request, context)
-            except ProxyError as exc:
-                call.code, call.message = exc.code, exc.message
-            except asyncio.CancelledError:  # the caller went away or its deadline passed
-                call.code, call.message = _cancellation(context)
-                raise
-            except Exception:
-                call.code, call.message = _internal(call)
-            finally:
-                self._finish(call)
+            with self._outcome(call, context), trace.use_span(call.span, end_on_exit=False):
+                self._admit()
+                return await handler(request, context)
             await context.abort(call.code, call.message)  # raises: the call ends with it
 
         return observed
@@ -97,23 +88,29 @@ class CallObserver:
         async def observed(requests: AsyncIterator[Request],
                            context: Context) -> AsyncIterator[Response]:
             call = self._start(method, requests, context)
-            try:
+            with self._outcome(call, context):
                 self._admit()
                 async for response in handler(requests, context):
                     yield response
-            except ProxyError as exc:
-                call.code, call.message = exc.code, exc.message
-            except (asyncio.CancelledError, GeneratorExit):
-                call.code, call.message = _cancellation(context)
-                raise
-            except Exception:
-                call.code, call.message = _internal(call)
-            finally:
-                self._finish(call)
             if call.code != grpc.StatusCode.OK:
                 await context.abort(call.code, call.message)
 
         return observed
+
+    @contextlib.contextmanager
+    def _outcome(self, call: _Call, context: Context) -> Iterator[None]:
+        """The call's status from how its handler ended, then its span, metrics and log."""
+        try:
+            yield
+        except ProxyError as exc:
+            call.code, call.message = exc.code, exc.message
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away, or its deadline
+            call.code, call.message = _cancellation(context)
+            raise
+        except Exception:
+            call.code, call.message = _internal(call)
+        finally:
+            self._finish(call)
 
     def _start(self, method: str, request: object, context: Context) -> _Call:
         metadata = dict(context.invocation_metadata() or ())

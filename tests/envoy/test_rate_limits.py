@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_proxy.contract import DECLARED_IMAGES_HEADER
 from detect_stack.stack import admin_get, admin_post, envoy
 
 # Invalid (empty) images are answered fast by the proxy with INVALID_ARGUMENT, so a burst
@@ -84,3 +85,35 @@ def test_runtime_tier_change_takes_effect_without_restart(limited):
     assert codes[3] == grpc.StatusCode.RESOURCE_EXHAUSTED
     admin_post(limited.admin_port, "/runtime_modify?detect.ratelimit.reduced=0")
     assert _burst(limited, "c3", 4) == [grpc.StatusCode.INVALID_ARGUMENT] * 4
+
+
+def _batch(stub, client: str, images: int, declared: int | None = None) -> grpc.StatusCode:
+    metadata = [("x-client-id", client)]
+    if declared is not None:
+        metadata.append((DECLARED_IMAGES_HEADER, str(declared)))
+    try:
+        # Empty images: answered at once by the proxy, each with its own INVALID_ARGUMENT.
+        stub.DetectBatch(detect_pb2.DetectBatchRequest(images=[b""] * images), timeout=10,
+                         metadata=metadata)
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def test_rate_limits_count_the_images_a_call_declares(limited):
+    with limited.channel() as channel:
+        stub = detect_pb2_grpc.DetectorStub(channel)
+        # The client's bucket holds 8 images: two batches of 3, then 3 more do not fit.
+        assert [_batch(stub, "alpha", 3, 3) for _ in range(3)] == [
+            grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
+        # Declaring less than it carries does not get a call past the limit: the proxy
+        # refuses it.
+        assert _batch(stub, "beta", 5, 1) == grpc.StatusCode.INVALID_ARGUMENT
+        # Undeclared is one image.
+        assert _batch(stub, "gamma", 1) == grpc.StatusCode.OK
+        # A stream is charged at its start for what it declares.
+        stream = stub.DetectStream(iter(()), timeout=10, metadata=[
+            ("x-client-id", "delta"), (DECLARED_IMAGES_HEADER, "9")])
+        with pytest.raises(grpc.RpcError) as error:
+            list(stream)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

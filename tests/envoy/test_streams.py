@@ -42,49 +42,6 @@ def test_a_stream_of_1000_frames_through_tls_answers_each_id(edge):
         assert len(response.detections) == 1
 
 
-LIMITS = dict(global_rps=1, global_burst=40, client_rps=1, client_burst=8)
-
-
-@pytest.fixture()
-def limited(tmp_path, edge):
-    proxies = [target for target, _ in edge.proxies]
-    tritons = [url for url, _ in edge.tritons]
-    with envoy(tmp_path, edge.envoy.certs, proxies, tritons, **LIMITS) as e:
-        yield e
-
-
-def _batch(stub, client: str, images: int, declared: int | None = None) -> grpc.StatusCode:
-    metadata = [("x-client-id", client)]
-    if declared is not None:
-        metadata.append((DECLARED_IMAGES_HEADER, str(declared)))
-    try:
-        # Empty images: answered at once by the proxy, each with its own INVALID_ARGUMENT.
-        stub.DetectBatch(detect_pb2.DetectBatchRequest(images=[b""] * images), timeout=10,
-                         metadata=metadata)
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
-def test_rate_limits_count_the_images_a_call_declares(limited):
-    with limited.channel() as channel:
-        stub = detect_pb2_grpc.DetectorStub(channel)
-        # The client's bucket holds 8 images: two batches of 3, then 3 more do not fit.
-        assert [_batch(stub, "alpha", 3, 3) for _ in range(3)] == [
-            grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
-        # Declaring less than it carries does not get a call past the limit: the proxy
-        # refuses it.
-        assert _batch(stub, "beta", 5, 1) == grpc.StatusCode.INVALID_ARGUMENT
-        # Undeclared is one image.
-        assert _batch(stub, "gamma", 1) == grpc.StatusCode.OK
-        # A stream is charged at its start for what it declares.
-        stream = stub.DetectStream(iter(()), timeout=10, metadata=[
-            ("x-client-id", "delta"), (DECLARED_IMAGES_HEADER, "9")])
-        with pytest.raises(grpc.RpcError) as error:
-            list(stream)
-        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 def test_a_stream_ends_at_its_maximum_duration_with_a_clear_status(tmp_path, edge):
     """The proxy ends a stream at --stream-max-duration-s, after answering what it accepted,
     before Envoy's own maximum (a backstop that can only reset the stream)."""
