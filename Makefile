@@ -23,7 +23,7 @@ export PROXY2_METRICS_PORT ?= 9465
 export TRITON1_METRICS_PORT ?= 8002
 export TRITON2_METRICS_PORT ?= 8003
 export PROMETHEUS_PORT ?= 9090
-export REDIS_PORT ?= 6379
+export REDIS_PORT ?= 6380
 # The proxies' shared cache tier under `make run`: Redis when redis-server is installed (started
 # with the stack, as Prometheus is); without it they cache in-process only.
 export RUN_REDIS_URL := $(if $(shell command -v redis-server 2>/dev/null),redis://127.0.0.1:$(REDIS_PORT)/0)

@@ -47,6 +47,7 @@ def main() -> int:
     parser.add_argument("--ca", required=True)
     parser.add_argument("--access-log", required=True)
     parser.add_argument("--prometheus-port", type=int, default=0)
+    parser.add_argument("--redis-url", default="", help="the proxies' shared cache (empty: none)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
 
@@ -72,6 +73,7 @@ def main() -> int:
   Envoy admin      {admin}  (/clusters, /stats/prometheus, /runtime_modify)
   access log       {args.access_log}
   Prometheus       {prometheus}  (dashboard: observability/dashboard.json)
+  result cache     {args.redis_url or "in-process only (redis-server is not installed)"}
 
 Try it:
   grpcurl -cacert {args.ca} localhost:{front_port} list

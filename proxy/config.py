@@ -186,6 +186,8 @@ def parse(argv: list[str] | None = None) -> ProxyConfig:
         raise SystemExit("--cache-max-bytes and --cache-ttl-s must be at least 0")
     if config.redis_url and not config.redis_url.startswith(("redis://", "unix://")):
         raise SystemExit("--redis-url must be redis://host:port[/db] or unix:///path")
+    if config.redis_timeout_ms < 1 or config.redis_retry_ms < 0:
+        raise SystemExit("--redis-timeout-ms must be at least 1 and --redis-retry-ms at least 0")
     if config.max_batch_images < 1 or config.stream_window < 1 or config.stream_max_images < 1:
         raise SystemExit("--max-batch-images, --stream-window and --stream-max-images must be "
                          "at least 1")

@@ -3,8 +3,11 @@
 Redis is an optimisation, never a dependency: every command is bounded by a timeout (a slow
 lookup is a miss), every failure is a miss or a store that did not happen, and after one the
 tier is skipped for ``retry_s`` so that an outage costs calls nothing, not a timeout each.
-The client reconnects by itself at the next command after that pause. Stores are sent in the
-background, at most ``MAX_PENDING_STORES`` at a time: a call never waits for one.
+The client reconnects by itself at the next command after that pause; the idle connections
+are dropped at the first failure, since a restarted Redis leaves them dead without the client
+noticing, and each would otherwise fail one command (and pause the tier again) once Redis is
+back. Stores are sent in the background, at most ``MAX_PENDING_STORES`` at a time: a call
+never waits for one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class RedisTier:
             retry=Retry(NoBackoff(), 0), max_connections=MAX_CONNECTIONS)
         self._skip_until = 0.0
         self._stores: set[asyncio.Task[None]] = set()
+        self._dropping: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -73,9 +77,20 @@ class RedisTier:
         if self.up:
             log.warning("redis %s failed (%s); skipping Redis for %.1fs", op,
                         type(exc).__name__ if not str(exc) else exc, self._retry_s)
+            self._drop_idle_connections()
         self._skip_until = time.monotonic() + self._retry_s
 
+    def _drop_idle_connections(self) -> None:
+        """Closes the pool's idle connections (those in use fail or finish on their own); the
+        next command after the pause opens a fresh one."""
+        if self._dropping is not None and not self._dropping.done():
+            return
+        pool = self._client.connection_pool
+        self._dropping = asyncio.get_running_loop().create_task(
+            pool.disconnect(inuse_connections=False))
+        self._dropping.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def close(self) -> None:
-        for task in list(self._stores):
+        for task in [*self._stores, *([self._dropping] if self._dropping else [])]:
             task.cancel()
         await self._client.aclose()

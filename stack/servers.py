@@ -197,6 +197,26 @@ def proxy(tmp_path: Path, triton_url: str, *flags: str, port: int | None = None,
         yield target, proc
 
 
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    """Whether a Redis on loopback ``port`` answers PING (RESP over a plain socket, so the
+    check needs no client library)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+@contextlib.contextmanager
+def redis_server(tmp_path: Path, port: int | None = None) -> Iterator[tuple[str, Process]]:
+    """A real ``redis-server`` on loopback, without persistence (a cache, nothing to keep):
+    (URL for ``--redis-url``, process). Pass the ``port`` of a stopped one to bring it back
+    where its clients expect it."""
+    port = port or free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path)]
+    with running(args, tmp_path / f"redis-{port}.log", lambda: redis_ping(port)) as proc:
+        yield f"redis://127.0.0.1:{port}/0", proc
+
+
 def tcp_peers(pid: int, remote_port: int | None = None) -> int:
     """Established TCP connections owned by process ``pid`` (to ``remote_port`` if given)."""
     inodes = set()

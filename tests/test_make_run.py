@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import urllib.request
 
 import grpc
 import numpy as np
+import redis
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_stack.makerun import make_run
+from detect_stack.promtext import scrape, value
 from detect_stack.reference_centerface import iou
-from detect_stack.servers import TESTDATA, TRITON
+from detect_stack.servers import TESTDATA, TRITON, wait_for
 
 
 def test_make_run_then_ctrl_c(tmp_path, backend):
@@ -52,6 +55,23 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
                 except grpc.RpcError as err:
                     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
                     assert "limit" in err.details()
+            # A repeated image is a cache hit, whichever proxy takes it: the answer is in
+            # Redis, which both share.
+            image = (TESTDATA / "phone-1mp.jpg").read_bytes()
+            with redis.Redis("127.0.0.1", int(ports["REDIS_PORT"])) as shared:
+                key = f"detect:*:{hashlib.sha256(image).hexdigest()}"
+                wait_for(lambda: any(True for _ in shared.scan_iter(match=key)), 5, "in Redis")
+
+            def hits() -> float:
+                return sum(value(scrape(int(ports[p])), "detect_cache_lookups_total",
+                                 result="hit") for p in ("PROXY1_METRICS_PORT",
+                                                         "PROXY2_METRICS_PORT"))
+
+            before = hits()
+            again = stub.Detect(detect_pb2.DetectRequest(image=image), timeout=30)
+            assert hits() == before + 1
+            b = again.detections[0].box
+            assert np.array_equal([b.x_min, b.y_min, b.x_max, b.y_max], boxes["phone-1mp.jpg"])
         everything = run.descendants()
         assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()

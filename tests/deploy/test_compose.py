@@ -36,7 +36,8 @@ def errors(document: dict) -> list[str]:
 
 def test_compose_file_validates_against_the_compose_spec(compose):
     assert errors(compose) == []
-    assert set(compose["services"]) == {"models", "triton", "envoy", "proxy", "prometheus"}
+    assert set(compose["services"]) == {"models", "triton", "envoy", "proxy", "prometheus",
+                                        "redis"}
 
 
 def test_the_schema_check_rejects_mistakes(compose):

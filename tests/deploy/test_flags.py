@@ -11,8 +11,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from detect_deploy import capacity, configs, podctl
 from detect_deploy.manifests import (
@@ -29,6 +31,7 @@ from detect_deploy.manifests import (
 )
 from detect_localtriton import options as localtriton_options
 from detect_proxy import config as proxy_config
+from detect_stack.servers import free_port, redis_ping, running
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 
@@ -252,3 +255,78 @@ def test_compose_and_kubernetes_use_the_same_images(compose, image, target):
                      + find("Deployment", d)["spec"]["template"]["spec"].get("initContainers", []))
            if c["image"].startswith(image + ":")}
     assert tags and tags == k8s
+
+
+# ---------------------------------------------------------------- Redis, the shared cache
+
+
+def redis_url_of(env: list[dict], monkeypatch: pytest.MonkeyPatch, args: list[str]) -> str:
+    """The proxy's --redis-url as the proxy reads it: its flags with the container's
+    environment (DETECT_PROXY_*)."""
+    for variable in env:
+        monkeypatch.setenv(variable["name"], variable["value"])
+    return proxy_settings(args).redis_url
+
+
+def test_kubernetes_proxies_reach_redis_through_its_service(monkeypatch):
+    proxy = container(find("Deployment", "detect-proxy"), "proxy")
+    url = urlsplit(redis_url_of(proxy.get("env", []), monkeypatch, argv(proxy)))
+    assert url.scheme == "redis" and url.path == "/0"
+    service = find("Service", str(url.hostname))
+    [port] = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    deployment = find("Deployment", "redis")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    redis_container = container(deployment, "redis")
+    listens = int(flag(argv(redis_container), "--port"))
+    assert port_of(redis_container, port["targetPort"]) == listens
+    assert redis_container["readinessProbe"]["exec"]["command"] == [
+        "redis-cli", "-p", str(listens), "ping"]
+    assert redis_container["livenessProbe"]["tcpSocket"]["port"] == listens
+
+
+def test_compose_proxies_reach_the_redis_service(compose, monkeypatch):
+    services = compose["services"]
+    proxy = services["proxy"]
+    env = [{"name": k, "value": v} for k, v in proxy["environment"].items()]
+    url = urlsplit(redis_url_of(env, monkeypatch, ["detect-proxy", *proxy["command"]]))
+    assert url.scheme == "redis" and url.hostname in services
+    assert url.port == int(flag(services[str(url.hostname)]["command"], "--port"))
+    assert proxy["depends_on"][url.hostname]["condition"] == "service_started"
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Mi": 1 << 20, "Gi": 1 << 30, "mb": 1 << 20, "gb": 1 << 30, "g": 1 << 30}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return int(quantity[: -len(unit)]) * factor
+    return int(quantity)
+
+
+def test_kubernetes_and_compose_run_the_same_redis(compose):
+    k8s = container(find("Deployment", "redis"), "redis")
+    service = compose["services"]["redis"]
+    assert service["image"] == k8s["image"]
+    assert service["command"] == argv(k8s)
+    assert service["user"] == "{runAsUser}:{runAsGroup}".format(
+        **find("Deployment", "redis")["spec"]["template"]["spec"]["securityContext"])
+    maxmemory = _bytes(flag(argv(k8s), "--maxmemory"))
+    assert maxmemory < _bytes(k8s["resources"]["limits"]["memory"])
+    assert maxmemory < _bytes(service["mem_limit"])
+
+
+def test_redis_runs_the_manifests_command_line_and_keeps_nothing(tmp_path):
+    """The real redis-server accepts the container's command line (an unknown or misspelt
+    option stops it), and runs as a bounded cache: no snapshots, no append-only file."""
+    args = argv(container(find("Deployment", "redis"), "redis"))
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)
+    args += ["--bind", "127.0.0.1", "--dir", str(tmp_path)]  # loopback here, not the pod IP
+    with running(args, tmp_path / "redis.log", lambda: redis_ping(port)), \
+            redis.Redis(port=port, decode_responses=True) as client:
+        config = client.config_get("*")
+    assert config["save"] == "" and config["appendonly"] == "no"
+    assert config["maxmemory-policy"] == "allkeys-lru"
+    assert int(config["maxmemory"]) == _bytes(flag(args, "--maxmemory"))
+    assert config["protected-mode"] == "no"  # the NetworkPolicy keeps others out
+    assert list(tmp_path.iterdir()) == [tmp_path / "redis.log"]

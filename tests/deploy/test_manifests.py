@@ -121,7 +121,7 @@ def test_selectors_ports_and_references_line_up():
                     assert ("ConfigMap", s["configMap"]["name"]) in generated
                 if "secret" in s:
                     assert ("Secret", s["secret"]["name"]) in generated
-        for constraint in spec["topologySpreadConstraints"]:
+        for constraint in spec.get("topologySpreadConstraints", []):  # Redis: one replica
             assert _matches(constraint["labelSelector"]["matchLabels"], _labels(d))
     for s in (d for d in docs if d["kind"] == "Service"):
         [target] = [d for d in deployments.values() if _matches(s["spec"]["selector"], _labels(d))]
@@ -152,6 +152,24 @@ def test_network_policies_let_only_proxies_reach_triton():
     deny = find("NetworkPolicy", "default-deny")["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny and "egress" not in deny
+
+
+def test_network_policies_let_only_proxies_reach_redis():
+    """Redis has no password: the policies are what keeps everything but the proxies out."""
+    proxy_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "detect-proxy"}}}
+    redis_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}
+    port = [{"port": 6379, "protocol": "TCP"}]
+    redis = find("NetworkPolicy", "redis")["spec"]
+    assert redis["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "redis"}}
+    assert redis["ingress"] == [{"from": [proxy_pods], "ports": port}]
+    assert set(redis["policyTypes"]) == {"Ingress", "Egress"} and "egress" not in redis
+    proxy = find("NetworkPolicy", "detect-proxy")["spec"]
+    assert {"to": [redis_pods], "ports": port} in proxy["egress"]
+    # Nothing else in the namespace may send to Redis.
+    for _, doc in k8s_documents():
+        if doc["kind"] == "NetworkPolicy" and doc["metadata"]["name"] != "detect-proxy":
+            assert all(redis_pods not in rule.get("to", [])
+                       for rule in doc["spec"].get("egress", [])), doc["metadata"]["name"]
 
 
 def test_containers_run_unprivileged_read_only_with_resources():
