@@ -135,8 +135,10 @@ class ResultCache:
             self._count(lookup, "coalesced")
             try:
                 return await asyncio.shield(leader)
-            except _LeaderGone:
-                return await compute()
+            except _LeaderGone:  # its failure was its own: this call computes for itself
+                value = await compute()
+                self.store(lookup.key, value)
+                return value
         return await self._lead(lookup, compute)
 
     async def get_many(self, lookups: list[Lookup]) -> list[bytes | None]:
