@@ -19,7 +19,11 @@ const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const PROTO = path.join(__dirname, '..', '..', 'protos', 'detect', 'v1', 'detect.proto');
+const googleProtos = require('google-proto-files');
+
+// The API's proto, and google/rpc/status.proto that it imports (per-image errors of
+// DetectBatch and DetectStream), from google-proto-files.
+const PROTOS = path.join(__dirname, '..', '..', 'protos');
 
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
@@ -37,7 +41,8 @@ if (positionals.length !== 1 || Boolean(opts.cert) !== Boolean(opts.key)) {
   process.exit(2);
 }
 
-const definition = protoLoader.loadSync(PROTO, {
+const definition = protoLoader.loadSync('detect/v1/detect.proto', {
+  includeDirs: [PROTOS, googleProtos.getProtoPath('..')],
   keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
 });
 const { Detector } = grpc.loadPackageDefinition(definition).detect.v1;
