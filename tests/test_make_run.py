@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,7 +18,7 @@ from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_stack.makerun import make_run
 from detect_stack.promtext import scrape, value
 from detect_stack.reference_centerface import iou
-from detect_stack.servers import TESTDATA, TRITON, wait_for
+from detect_stack.servers import ROOT, TESTDATA, TRITON, wait_for
 
 
 def test_make_run_then_ctrl_c(tmp_path, backend):
@@ -72,6 +75,16 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
             assert hits() == before + 1
             b = again.detections[0].box
             assert np.array_equal([b.x_min, b.y_min, b.x_max, b.y_max], boxes["phone-1mp.jpg"])
+        # The detect command's batch and stream modes, as a user runs them against the stack.
+        detect = str(Path(sys.executable).parent / "detect")
+        pngs = sorted(str(p) for p in TESTDATA.glob("*.png"))
+        target = ["--target", f"localhost:{ports['FRONT_PORT']}", "--ca-file",
+                  "build/certs/ca.crt", "--json"]
+        for mode in ("batch", "stream"):
+            out = subprocess.run([detect, mode, *pngs, *target], capture_output=True, text=True,
+                                 timeout=120, cwd=ROOT)
+            assert out.returncode == 0, out.stderr
+            assert len(out.stdout.splitlines()) == len(pngs), out.stdout
         everything = run.descendants()
         assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()
