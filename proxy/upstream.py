@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 # Control calls are small and answered from memory; a slow one means a sick server.
 CONTROL_TIMEOUT_S = 5.0
+# Control calls only read what the server knows, so asking again is safe: a replica that hung
+# or went away while answering one (a model's config, fetched by the first call of a model)
+# must not fail the caller's Detect, and behind Envoy the second try goes elsewhere.
+CONTROL_ATTEMPTS = 2
+CONTROL_RETRIED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 
 
 class Upstream:
@@ -128,11 +133,17 @@ class Upstream:
         return response
 
     async def _control(self, method: str, request: Any, model: str) -> Any:
-        with self.channels.lease() as connection:
-            try:
-                return await getattr(connection.stub, method)(request, timeout=CONTROL_TIMEOUT_S)
-            except grpc.aio.AioRpcError as exc:
-                raise from_upstream(exc.code(), exc.details() or "", model) from None
+        for attempt in range(CONTROL_ATTEMPTS):
+            with self.channels.lease() as connection:
+                try:
+                    return await getattr(connection.stub, method)(request,
+                                                                  timeout=CONTROL_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in CONTROL_RETRIED and attempt + 1 < CONTROL_ATTEMPTS:
+                        log.info("%s %s: %s; asking again", method, model, exc.code().name)
+                        continue
+                    raise from_upstream(exc.code(), exc.details() or "", model) from None
+        raise AssertionError("unreachable")
 
     async def ready(self, model: str, timeout_s: float) -> tuple[bool, str]:
         """Whether Triton and ``model`` are ready, asked on every connection: ready when any
