@@ -89,11 +89,22 @@ def proxy_cluster(config: StackConfig) -> dict[str, Any]:
     return cluster
 
 
-def triton_cluster(config: StackConfig) -> dict[str, Any]:
-    """The Triton replicas, health-checked on the server as a whole (empty service name)."""
+def group_cluster_name(group: str) -> str:
+    return f"{TRITON}_{group}"
+
+
+def triton_clusters(config: StackConfig) -> list[dict[str, Any]]:
+    """The replicas of calls naming no group, then one cluster per Triton group."""
+    return [triton_cluster(config, TRITON, config.tritons)] + [
+        triton_cluster(config, group_cluster_name(g.name), list(g.replicas))
+        for g in config.groups]
+
+
+def triton_cluster(config: StackConfig, name: str, hosts: list[str]) -> dict[str, Any]:
+    """Triton replicas, health-checked on the server as a whole (empty service name)."""
     keepalive = {"interval": f"{config.triton_keepalive_interval_s}s",
                  "timeout": f"{config.triton_keepalive_timeout_s}s"}
-    cluster = _replicas(TRITON, config.tritons, "", config.health_interval_ms, keepalive,
+    cluster = _replicas(name, hosts, "", config.health_interval_ms, keepalive,
                         config.dns_refresh_s if config.triton_dns else None)
     # Outlier detection reacts to failures a replica answers (INTERNAL, UNAVAILABLE: 5xx as
     # Envoy maps gRPC statuses), never to slowness: timeouts and resets are counted apart

@@ -20,7 +20,7 @@ from detect_envoy.certs import SDS_FILE, client_identity
 from detect_envoy.ratelimits import rate_limit_filters
 from detect_envoy.settings import StackConfig
 from detect_envoy.typed import address, duration, extension, typed
-from detect_proxy.contract import DETECT_BATCH, DETECT_STREAM, SERVICE
+from detect_proxy.contract import DETECT_BATCH, DETECT_STREAM, GROUP_HEADER, SERVICE
 
 # A retry avoids the host that just failed by drawing again, up to this many times. With
 # least-request balancing a dead host has no calls in flight, so it keeps winning the draw:
@@ -212,10 +212,20 @@ def egress_listener(config: StackConfig) -> dict[str, Any]:
 
 
 def _egress_routes(config: StackConfig) -> list[dict[str, Any]]:
-    return [{
-        "match": {"prefix": "/"},
+    """A call naming a Triton group (the proxy's x-detect-group header) goes to that group's
+    cluster; any other to the replicas of --triton."""
+    groups = [({"prefix": "/", "headers": [{"name": GROUP_HEADER,
+                                             "string_match": {"exact": g.name}}]},
+               clusters.group_cluster_name(g.name)) for g in config.groups]
+    return [_egress_route(config, match, cluster)
+            for match, cluster in [*groups, ({"prefix": "/"}, clusters.TRITON)]]
+
+
+def _egress_route(config: StackConfig, match: dict[str, Any], cluster: str) -> dict[str, Any]:
+    return {
+        "match": match,
         "route": {
-            "cluster": clusters.TRITON,
+            "cluster": cluster,
             **_grpc_timeouts(config.max_grpc_timeout_s),
             # Retries only for work that never started or was lost with its replica: a
             # refused connection or stream, a replica that died or hung (its connection is
@@ -230,7 +240,7 @@ def _egress_routes(config: StackConfig) -> list[dict[str, Any]]:
                 **_retry_another_host(),
             },
         },
-    }]
+    }
 
 
 # ---------------------------------------------------------------- ops

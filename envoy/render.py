@@ -28,7 +28,7 @@ import yaml
 
 from detect_envoy import ratelimits
 from detect_envoy.certs import SDS_FILE
-from detect_envoy.clusters import ops_clusters, proxy_cluster, triton_cluster
+from detect_envoy.clusters import ops_clusters, proxy_cluster, triton_clusters
 from detect_envoy.listeners import egress_listener, front_listener, ops_listener
 from detect_envoy.settings import StackConfig
 from detect_envoy.stats import stats_config
@@ -40,7 +40,7 @@ __all__ = ["SDS_FILE", "StackConfig", "render", "to_yaml", "validate", "build_pa
 def render(config: StackConfig) -> dict[str, Any]:
     """The bootstrap of one Envoy, static resources only."""
     listeners = [front_listener(config), egress_listener(config)]
-    clusters = [proxy_cluster(config), triton_cluster(config)]
+    clusters = [proxy_cluster(config), *triton_clusters(config)]
     if config.ops_port:
         listeners.append(ops_listener(config))
         clusters += ops_clusters(config)

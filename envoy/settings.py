@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detect_proxy.contract import request_limit_bytes
+from detect_proxy.group_spec import GroupSpec, parse_groups
 
 
 @dataclass
@@ -32,6 +33,13 @@ class StackConfig:
         "cli_default": Path("build/certs"),
         "help": "directory of the server certificate's SDS file (server-sds.json), watched "
                 "for rotation, and of ca.crt for --mtls"})
+
+    triton_groups: list[str] = field(default_factory=list, metadata={
+        "flag": "--triton-group",
+        "help": "a Triton group, NAME=HOST:PORT[,HOST:PORT...] (repeatable): its own cluster "
+                "triton_NAME (health checks, outlier detection, retries per group), reached "
+                "by calls whose x-detect-group header names it; --triton serves calls naming "
+                "no group"})
 
     # Listeners
     front_address: str = field(default="127.0.0.1", metadata={
@@ -100,3 +108,7 @@ class StackConfig:
                 "Kubernetes headless Service"})
     dns_refresh_s: float = field(default=5.0, metadata={
         "help": "how often --proxy-dns / --triton-dns names are resolved again"})
+
+    @property
+    def groups(self) -> tuple[GroupSpec, ...]:
+        return parse_groups(";".join(self.triton_groups))

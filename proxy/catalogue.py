@@ -19,16 +19,28 @@ import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
 
 from .errors import ProxyError
 from .models import DetectorModel, from_config, from_metadata
-from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
+
+
+class ModelServer(Protocol):
+    """What the catalogue asks: Triton itself, or the router in front of Triton groups."""
+
+    async def model_config(self, name: str) -> mc.ModelConfig: ...
+
+    async def model_metadata(self, name: str) -> pb.ModelMetadataResponse: ...
+
+    async def repository_index(self) -> pb.RepositoryIndexResponse: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ def _version_order(version: str) -> tuple[int, str]:
 
 
 class Catalogue:
-    def __init__(self, upstream: Upstream, exposed: tuple[str, ...] = (),
+    def __init__(self, upstream: ModelServer, exposed: tuple[str, ...] = (),
                  deployment_epoch: str = "") -> None:
         """``exposed``: the model names callers may use; empty: every ensemble."""
         self._upstream = upstream

@@ -24,8 +24,13 @@ UNLIMITED = -1
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def channel_args(config: ProxyConfig, index: int) -> list[tuple[str, int | str]]:
-    return [
+def channel_args(config: ProxyConfig, index: int,
+                 round_robin: bool = False) -> list[tuple[str, int | str]]:
+    """``round_robin``: the target names several replicas (a group reached directly), and
+    each channel spreads its calls over all of them instead of sticking to the first."""
+    balancing: list[tuple[str, int | str]] = (
+        [("grpc.lb_policy_name", "round_robin")] if round_robin else [])
+    return balancing + [
         ("grpc.max_send_message_length", UNLIMITED),
         ("grpc.max_receive_message_length", UNLIMITED),
         ("grpc.keepalive_time_ms", config.keepalive_time_ms),
@@ -61,9 +66,11 @@ def _connect(url: str, args: list[tuple[str, int | str]]) -> Connection:
 
 
 class ChannelPool:
-    def __init__(self, config: ProxyConfig) -> None:
-        self.url = config.triton_url
-        self.connections = [_connect(config.triton_url, channel_args(config, i))
+    def __init__(self, config: ProxyConfig, target: str = "", round_robin: bool = False) -> None:
+        """``target``: a gRPC target (``host:port``, ``ipv4:a:p,b:p``, ``dns:///name:p``);
+        empty: ``--triton-url``."""
+        self.url = target or config.triton_url
+        self.connections = [_connect(self.url, channel_args(config, i, round_robin))
                             for i in range(config.pool_size)]
         self._in_flight = [0] * len(self.connections)
         self._next = 0

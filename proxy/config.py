@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import contract
+from .group_spec import GroupSpec, parse_groups
 from .image_header import ImageLimits
 
 
@@ -33,6 +34,19 @@ class ProxyConfig:
            "port + i)")
     triton_url: str = setting(
         "127.0.0.1:8001", "Triton (or Envoy's Triton egress) gRPC address, host:port")
+    triton_groups: str = setting(
+        "", "Triton groups that hold different models: NAME=HOST:PORT[,HOST:PORT...] joined by "
+            "';', each group's replicas (a DNS name stands for every address it resolves to). "
+            "Each replica is asked which models it has, and a call goes to a group that "
+            "serves its model. Empty: one group, --triton-url")
+    groups_via_egress: bool = setting(
+        True, "with --triton-groups: calls go to --triton-url, Envoy's egress, naming their "
+              "group in the x-detect-group header (Envoy's cluster per group balances, "
+              "health-checks and retries); false: straight to the group's replicas, round "
+              "robin")
+    group_refresh_ms: int = setting(
+        1_000, "with --triton-groups: how often every replica is asked for its models; "
+               "routing follows a load, an unload or an outage within this")
     pool_size: int = setting(
         2, "persistent HTTP/2 connections to Triton shared by all callers")
     default_model: str = setting(
@@ -133,6 +147,10 @@ class ProxyConfig:
         return tuple(name.strip() for name in self.exposed_models.split(",") if name.strip())
 
     @property
+    def groups(self) -> tuple[GroupSpec, ...]:
+        return parse_groups(self.triton_groups)
+
+    @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_bytes, self.max_image_width, self.max_image_height)
 
@@ -188,6 +206,12 @@ def parse(argv: list[str] | None = None) -> ProxyConfig:
         raise SystemExit("--redis-url must be redis://host:port[/db] or unix:///path")
     if config.redis_timeout_ms < 1 or config.redis_retry_ms < 0:
         raise SystemExit("--redis-timeout-ms must be at least 1 and --redis-retry-ms at least 0")
+    try:
+        config.groups  # noqa: B018 (validated by parsing)
+    except ValueError as exc:
+        raise SystemExit(f"--triton-groups: {exc}") from None
+    if config.group_refresh_ms < 50:
+        raise SystemExit("--group-refresh-ms must be at least 50")
     if config.max_batch_images < 1 or config.stream_window < 1 or config.stream_max_images < 1:
         raise SystemExit("--max-batch-images, --stream-window and --stream-max-images must be "
                          "at least 1")

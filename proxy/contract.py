@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from detect.v1 import detect_pb2
+from detect.v1 import detect_pb2, operations_pb2
 
 DETECTOR: Final = detect_pb2.DESCRIPTOR.services_by_name["Detector"]
 SERVICE: Final[str] = DETECTOR.full_name  # "detect.v1.Detector"
@@ -18,12 +18,18 @@ DETECT: Final[str] = DETECTOR.methods_by_name["Detect"].name
 DETECT_BATCH: Final[str] = DETECTOR.methods_by_name["DetectBatch"].name
 DETECT_STREAM: Final[str] = DETECTOR.methods_by_name["DetectStream"].name
 LIST_MODELS: Final[str] = DETECTOR.methods_by_name["ListModels"].name
+OPERATIONS: Final = operations_pb2.DESCRIPTOR.services_by_name["Operations"]
+OPERATIONS_SERVICE: Final[str] = OPERATIONS.full_name  # "detect.v1.Operations"
 DETECT_PATH: Final[str] = f"/{SERVICE}/{DETECT}"
 DETECT_STREAM_PATH: Final[str] = f"/{SERVICE}/{DETECT_STREAM}"
 
 # Request header in which DetectBatch and DetectStream declare how many images they carry:
 # Envoy's rate limit charges that many tokens, and the proxy refuses a call carrying more.
 DECLARED_IMAGES_HEADER: Final = "x-detect-images"
+
+# Header naming the Triton group a call is for: the proxy sets it on calls to Envoy's egress,
+# whose route for each group sends the call to that group's cluster.
+GROUP_HEADER: Final = "x-detect-group"
 
 # Detector outputs: tensor name -> KServe v2 datatype. Row r of a batched answer is image r.
 NUM_DETECTIONS: Final = "num_detections"

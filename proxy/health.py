@@ -1,15 +1,16 @@
 """Health that tells the truth about the upstream: SERVING only while Triton is ready and
-the default model is ready, checked in the background on every pooled connection."""
+the default model is ready, checked in the background on every pooled connection (with
+Triton groups: while some group answers, see ``router``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from grpc_health.v1 import health, health_pb2
 
 from . import contract
-from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class Readiness(Protocol):
+    async def ready(self, model: str, timeout_s: float) -> tuple[bool, str]: ...
+
+
 class ReadinessWatcher:
-    def __init__(self, upstream: Upstream, servicer: health.aio.HealthServicer,
+    def __init__(self, upstream: Readiness, servicer: health.aio.HealthServicer,
                  model: str, interval_s: float, failure_threshold: int = 2) -> None:
         self._upstream = upstream
         self._servicer = servicer

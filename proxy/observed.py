@@ -71,10 +71,10 @@ class CallObserver:
         self._known_model = known_model
         self._in_flight = 0
 
-    def observe(self, method: str, handler: Handler[Request, Response]
-                ) -> Handler[Request, Response]:
+    def observe(self, method: str, handler: Handler[Request, Response],
+                service: str = contract.SERVICE) -> Handler[Request, Response]:
         async def observed(request: Request, context: Context) -> Response:
-            call = self._start(method, request, context)
+            call = self._start(method, request, context, service)
             with self._outcome(call, context), trace.use_span(call.span, end_on_exit=False):
                 self._admit()
                 return await handler(request, context)
@@ -112,13 +112,14 @@ class CallObserver:
         finally:
             self._finish(call)
 
-    def _start(self, method: str, request: object, context: Context) -> _Call:
+    def _start(self, method: str, request: object, context: Context,
+               service: str = contract.SERVICE) -> _Call:
         metadata = dict(context.invocation_metadata() or ())
         model, image_bytes = self._describe(request)
         span = self._telemetry.tracer.start_span(
-            f"{contract.SERVICE}/{method}", context=self._telemetry.extract(metadata),
+            f"{service}/{method}", context=self._telemetry.extract(metadata),
             kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": contract.SERVICE,
+            attributes={"rpc.system": "grpc", "rpc.service": service,
                         "rpc.method": method, "detect.model": model,
                         "detect.request_id": str(metadata.get("x-request-id", ""))})
         self._in_flight += 1

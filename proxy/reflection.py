@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: Final[str] = reflection.SERVICE_NAME
 # Written by client/setup.py generate_stubs() beside detect_pb2 (package data of detect.v1).
 DESCRIPTOR_SETS: Final[tuple[tuple[str, str], ...]] = (
-    ("detect.v1", "detect_descriptor_set.pb"),)
+    ("detect.v1", "detect_descriptor_set.pb"), ("detect.v1", "operations_descriptor_set.pb"))
 
 
 def enable(server: grpc.aio.Server, service_names: Iterable[str]) -> None:

@@ -21,9 +21,11 @@ from .config import ProxyConfig
 from .detector import DetectorService, StreamLimits, method_handlers
 from .health import ReadinessWatcher
 from .observed import CallObserver
+from .operations import OperationsService
+from .operations import method_handlers as operations_handlers
 from .redis_tier import RedisTier
+from .router import Router
 from .telemetry import Telemetry
-from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ class DetectProxy:
     def __init__(self, config: ProxyConfig, span_exporter: SpanExporter | None = None) -> None:
         self.config = config
         self.telemetry = Telemetry(config.metrics_port, config.trace_exporter, span_exporter)
-        self.upstream = Upstream(config, self.telemetry)
-        self.catalogue = Catalogue(self.upstream, config.exposed, config.cache_epoch)
+        self.router = Router(config, self.telemetry)
+        self.catalogue = Catalogue(self.router, config.exposed, config.cache_epoch)
         self.admission = Admission(config.max_upstream_calls, config.max_queue_wait_ms / 1000)
         local = LocalTier(config.cache_max_bytes) if config.cache_max_bytes else None
         shared = None
@@ -50,7 +52,7 @@ class DetectProxy:
         self.cache = ResultCache(config.cache_ttl_s, local, shared, self.telemetry)
         self.service = DetectorService(
             self.catalogue, self.admission,
-            MicroBatcher(self.upstream, config.batch_max_wait_us / 1e6, config.batch_max_size),
+            MicroBatcher(self.router, config.batch_max_wait_us / 1e6, config.batch_max_size),
             self.cache, config.image_limits, config.default_model,
             config.upstream_timeout_ms / 1000, config.max_batch_images,
             StreamLimits(config.stream_window, config.stream_max_images,
@@ -60,7 +62,7 @@ class DetectProxy:
         self.observer = CallObserver(self.telemetry, config.max_in_flight, self._describe,
                                      self.catalogue.known)
         self.health = health.aio.HealthServicer()
-        self.watcher = ReadinessWatcher(self.upstream, self.health, config.default_model,
+        self.watcher = ReadinessWatcher(self.router, self.health, config.default_model,
                                         config.health_interval_ms / 1000,
                                         config.health_failure_threshold)
         self.server = grpc.aio.server(options=[
@@ -68,14 +70,29 @@ class DetectProxy:
             ("grpc.so_reuseport", 0),
         ])
         self.address = ""
+        self.operations = OperationsService(self.router)
+        groups = self.router.groups
         self.telemetry.observe(
             "detect.pool.channel_state", "connectivity of each pooled Triton connection "
             "(1 for its current state)",
-            lambda: [(1, {"channel": str(i), "state": state.name})
-                     for i, state in enumerate(self.upstream.channels.states())])
+            lambda: [(1, {"group": g.name, "channel": str(i), "state": state.name})
+                     for g in groups for i, state in enumerate(g.upstream.channels.states())])
         self.telemetry.observe(
-            "detect.breaker.state", "circuit breaker: 0 closed, 1 half-open, 2 open",
-            lambda: [(int(self.upstream.breaker.state), {"upstream": self.config.triton_url})])
+            "detect.breaker.state", "circuit breaker per Triton group: 0 closed, 1 half-open, "
+            "2 open",
+            lambda: [(int(g.upstream.breaker.state), {"group": g.name,
+                                                    "upstream": g.upstream.url})
+                     for g in groups])
+        if not self.router.single:
+            self.telemetry.observe(
+                "detect.group.replicas", "replicas of each Triton group, by whether they answer",
+                lambda: [(sum(r.reachable == up for r in g.replicas.values()),
+                          {"group": g.name, "state": "up" if up else "down"})
+                         for g in groups for up in (True, False)])
+            self.telemetry.observe(
+                "detect.group.serves", "1 for each model a Triton group serves (the routing "
+                "table)",
+                lambda: [(1, {"group": g.name, "model": m}) for g in groups for m in g.served])
         self.telemetry.observe(
             "detect.admission.queued", "calls waiting in the proxy for an upstream slot",
             lambda: [(self.admission.queued, {})])
@@ -115,21 +132,24 @@ class DetectProxy:
     async def start(self) -> None:
         self.server.add_generic_rpc_handlers((method_handlers(self.service, self.observer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable(self.server, [contract.SERVICE, health.SERVICE_NAME])
+        self.server.add_generic_rpc_handlers((operations_handlers(self.operations,
+                                                                  self.observer),))
+        reflection.enable(self.server, [contract.SERVICE, contract.OPERATIONS_SERVICE,
+                                        health.SERVICE_NAME])
         port = self.server.add_insecure_port(self.config.listen)
         if not port:
             raise OSError(f"cannot listen on {self.config.listen}")
         self.address = self.config.listen
         if not self.config.listen.startswith("unix:"):
             self.address = f"{self.config.listen.rsplit(':', 1)[0]}:{port}"
-        self.upstream.connect()
+        await self.router.start()
         await self.watcher.update()  # report the true state from the first Check on
         self.watcher.start()
         if self.cache.enabled:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_models())
         await self.server.start()
         log.info("serving %s on %s; Triton at %s over %d connection(s)", contract.SERVICE,
-                 self.address, self.config.triton_url, len(self.upstream))
+                 self.address, self.router.url, len(self.router))
 
     async def stop(self) -> None:
         """NOT_SERVING first, keep serving until balancers have noticed, then stop
@@ -143,7 +163,7 @@ class DetectProxy:
         if self._refresher is not None:
             self._refresher.cancel()
         await self.cache.close()
-        await self.upstream.close()
+        await self.router.close()
         self.telemetry.shutdown()
         log.info("stopped")
 

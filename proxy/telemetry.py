@@ -95,6 +95,9 @@ class Telemetry:
         self.images = meter.create_counter(
             "detect.images", description="images answered by DetectBatch and DetectStream, by "
             "method and status code")
+        self.group_calls = meter.create_counter(
+            "detect.group.calls", description="Triton calls routed to each group, by model and "
+            "status code (a call re-routed after its group lost the model counts twice)")
         self._meter = meter
 
         self.tracer_provider = TracerProvider(resource=resource)

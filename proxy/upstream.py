@@ -20,6 +20,7 @@ from tritonclient.grpc import InferResult, service_pb2_grpc
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
+from . import contract
 from .breaker import CircuitBreaker
 from .channels import ChannelPool
 from .config import ProxyConfig
@@ -41,8 +42,11 @@ CONTROL_RETRIED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABL
 
 class Upstream:
     def __init__(self, config: ProxyConfig, telemetry: Telemetry,
-                 channels: ChannelPool | None = None) -> None:
+                 channels: ChannelPool | None = None, group: str = "") -> None:
+        """``group``: the Triton group these channels reach through Envoy's egress, named
+        in every call's ``x-detect-group`` header (empty: no header)."""
         self.channels = channels if channels is not None else ChannelPool(config)
+        self._route = ((contract.GROUP_HEADER, group),) if group else ()
         self.breaker = CircuitBreaker(config.breaker_failure_threshold,
                                       config.breaker_open_ms / 1000)
         self.budget = RetryBudget(config.retry_budget_ratio)
@@ -102,10 +106,11 @@ class Upstream:
             # The request id travels both as Triton's request id and as the header Envoy's
             # egress logs; the trace context as traceparent metadata.
             headers = self._telemetry.inject({"x-request-id": request_id} if request_id else {})
+            metadata = tuple(headers.items()) + self._route
             try:
                 with self.channels.lease() as connection:
                     response: pb.ModelInferResponse = await connection.model_infer(
-                        request, timeout=timeout_s, metadata=tuple(headers.items()) or None)
+                        request, timeout=timeout_s, metadata=metadata or None)
                     return response
             except grpc.aio.AioRpcError as exc:
                 outcome = exc.code().name
@@ -136,8 +141,8 @@ class Upstream:
         for attempt in range(CONTROL_ATTEMPTS):
             with self.channels.lease() as connection:
                 try:
-                    return await getattr(connection.stub, method)(request,
-                                                                  timeout=CONTROL_TIMEOUT_S)
+                    return await getattr(connection.stub, method)(
+                        request, timeout=CONTROL_TIMEOUT_S, metadata=self._route or None)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in CONTROL_RETRIED and attempt + 1 < CONTROL_ATTEMPTS:
                         log.info("%s %s: %s; asking again", method, model, exc.code().name)

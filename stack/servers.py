@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +154,19 @@ def localtriton(tmp_path: Path, *flags: str, port: int | None = None,
     """A real ``python -m detect_localtriton``."""
     return triton_server(LOCALTRITON, tmp_path, *flags, port=port, repository=repository,
                          tls=tls)
+
+
+def null_models(directory: Path, names: Iterable[str]) -> Path:
+    """A model repository of light detectors: ``null_detector`` (one fixed box, no compute)
+    under each of ``names``, for tests about which server holds which model."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copytree(MODEL_REPOSITORY / "null_detector", directory / name)
+        config = directory / name / "config.pbtxt"
+        config.write_text(config.read_text().replace('name: "null_detector"', f'name: "{name}"'))
+    return directory
 
 
 def health_status(target: str, service: str = "", timeout: float = 2.0) -> int:
