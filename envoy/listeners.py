@@ -20,7 +20,13 @@ from detect_envoy.certs import SDS_FILE, client_identity
 from detect_envoy.ratelimits import rate_limit_filters
 from detect_envoy.settings import StackConfig
 from detect_envoy.typed import address, duration, extension, typed
-from detect_proxy.contract import DETECT_BATCH, DETECT_STREAM, GROUP_HEADER, SERVICE
+from detect_proxy.contract import (
+    DETECT_BATCH,
+    DETECT_STREAM,
+    GROUP_HEADER,
+    OPERATIONS_SERVICE,
+    SERVICE,
+)
 
 # A retry avoids the host that just failed by drawing again, up to this many times. With
 # least-request balancing a dead host has no calls in flight, so it keeps winning the draw:
@@ -63,7 +69,9 @@ def front_listener(config: StackConfig) -> dict[str, Any]:
 def _front_filters(config: StackConfig) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if config.mtls:
-        filters += _client_identity(config.allowed_clients)
+        filters += _client_identity(config.allowed_clients, config.operator_clients)
+    else:
+        filters.append(_no_operations())
     # Before the rate limits: a failing Envoy's health answer is immediate, never a
     # RESOURCE_EXHAUSTED that a load balancer would read as something else.
     filters.append(_health_while_failing())
@@ -78,9 +86,26 @@ def _front_filters(config: StackConfig) -> list[dict[str, Any]]:
     return filters
 
 
-def _client_identity(allowed_clients: list[str]) -> list[dict[str, Any]]:
+def _operations() -> dict[str, Any]:
+    return {"url_path": {"path": {"prefix": f"/{OPERATIONS_SERVICE}/"}}}
+
+
+def _principals(clients: list[str]) -> list[dict[str, Any]]:
+    return [{"authenticated": {"principal_name": {"exact": client_identity(c)}}}
+            for c in clients]
+
+
+def _no_operations() -> dict[str, Any]:
+    """Without client certificates no caller is known to be an operator."""
+    return extension("envoy.filters.http.rbac", "RBAC", rules={
+        "action": "DENY", "policies": {"operations": {
+            "permissions": [_operations()], "principals": [{"any": True}]}}})
+
+
+def _client_identity(allowed_clients: list[str],
+                     operator_clients: list[str]) -> list[dict[str, Any]]:
     """The verified certificate, not a header the caller could forge, names the client; only
-    the allowed identities may call."""
+    the allowed identities may call the Detector, only operators the proxy's Operations."""
     set_client_id = extension(
         "envoy.filters.http.header_mutation", "HeaderMutation",
         # Remove first: a certificate without a URI SAN substitutes nothing, which would
@@ -90,10 +115,12 @@ def _client_identity(allowed_clients: list[str]) -> list[dict[str, Any]]:
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]})
     allowlist = extension(
         "envoy.filters.http.rbac", "RBAC",
-        rules={"action": "ALLOW", "policies": {"allowed-clients": {
-            "permissions": [{"any": True}],
-            "principals": [{"authenticated": {"principal_name": {"exact": client_identity(c)}}}
-                           for c in allowed_clients]}}})
+        rules={"action": "ALLOW", "policies": {
+            "allowed-clients": {"permissions": [{"not_rule": _operations()}],
+                                "principals": _principals(allowed_clients)},
+            **({"operators": {"permissions": [_operations()],
+                              "principals": _principals(operator_clients)}}
+               if operator_clients else {})}})
     return [set_client_id, allowlist]
 
 

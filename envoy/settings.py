@@ -63,6 +63,12 @@ class StackConfig:
     allowed_clients: list[str] = field(default_factory=lambda: ["alpha", "beta"], metadata={
         "flag": "--allow-client",
         "help": "client identity allowed in mTLS mode (repeatable)"})
+    operator_clients: list[str] = field(default_factory=list, metadata={
+        "flag": "--operator-client",
+        "help": "client identity allowed to call the proxy's detect.v1.Operations (groups, "
+                "model load/unload) through the front, in mTLS mode (repeatable); no one "
+                "else can (PERMISSION_DENIED), and no one without mTLS: operators then call "
+                "the proxy on its own loopback listener"})
     global_rps: int = field(default=1000, metadata={
         "help": "front rate limit, requests per second, all callers together"})
     global_burst: int = field(default=2000, metadata={

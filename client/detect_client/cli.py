@@ -7,6 +7,7 @@
     detect models                         # the models the service offers
     detect batch photos/                  # a folder's files, up to 16 per DetectBatch call
     detect stream frames/                 # a video's frames in name order, as DetectStream
+    detect ops groups                     # operators: Triton groups and their models
 
 Defaults match ``make run``: Envoy's TLS front door at localhost:8443, verified with the
 development CA build/certs/ca.crt. Every failure is one line on stderr (the file, the gRPC
@@ -42,7 +43,7 @@ from detect_client.stream import DEFAULT_SEGMENT, detect_stream
 MAKE_RUN_CA = Path("build/certs/ca.crt")
 STDIN = "-"
 # Subcommands; anything else in the first place is an image.
-MODELS, BATCH, STREAM = "models", "batch", "stream"
+MODELS, BATCH, STREAM, OPS = "models", "batch", "stream", "ops"
 # Envoy's front buffers a DetectBatch whole and refuses one over 64 MiB by default
 # (--max-batch-request-bytes), which 16 images within the proxy's 8 MiB limit can pass: a
 # batch of the command stops short of it, with room for the request's framing.
@@ -357,24 +358,7 @@ DESCRIPTIONS = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The options of ``detect`` (and ``detect models``), or of ``detect batch`` or
-    ``detect stream``: the same connection and model options, and their own."""
-    many = command in (BATCH, STREAM)
-    parser = argparse.ArgumentParser(
-        prog=f"detect {command}" if many else "detect",
-        description=DESCRIPTIONS.get(command or "",
-                                     __doc__.split("\n\n")[0] if __doc__ else None),
-        epilog="`detect models` lists the models; `detect batch` and `detect stream` send "
-               "folders of images as batches or as a stream. Environment: DETECT_TARGET, "
-               "DETECT_CA_FILE, DETECT_CERT_FILE, DETECT_KEY_FILE.")
-    if many:
-        parser.add_argument("images", nargs="*", metavar="PATH",
-                            help="folders (their files in name order), JPEG, PNG, WebP or BMP "
-                                 "files, or globs")
-    else:
-        parser.add_argument("images", nargs="*", metavar="IMAGE",
-                            help="JPEG, PNG, WebP or BMP files or globs; - reads one from stdin")
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("DETECT_TARGET", DEFAULT_TARGET),
                         help="the service's address [default: %(default)s]")
     parser.add_argument("--ca-file", default=os.environ.get("DETECT_CA_FILE"),
@@ -386,6 +370,36 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="client private key for mTLS")
     parser.add_argument("--plaintext", action="store_true",
                         help="no TLS (a proxy directly, for debugging)")
+
+
+def connection(args: argparse.Namespace) -> grpc.Channel:
+    """The channel the options describe (``make run``'s CA by default when it exists)."""
+    if args.ca_file is None and not args.plaintext and MAKE_RUN_CA.exists():
+        args.ca_file = str(MAKE_RUN_CA)
+    return connect(args.target, ca_file=args.ca_file, cert_file=args.cert_file,
+                   key_file=args.key_file, plaintext=args.plaintext, timeout_s=args.timeout)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``detect`` (and ``detect models``), or of ``detect batch`` or
+    ``detect stream``: the same connection and model options, and their own."""
+    many = command in (BATCH, STREAM)
+    parser = argparse.ArgumentParser(
+        prog=f"detect {command}" if many else "detect",
+        description=DESCRIPTIONS.get(command or "",
+                                     __doc__.split("\n\n")[0] if __doc__ else None),
+        epilog="`detect models` lists the models; `detect batch` and `detect stream` send "
+               "folders of images as batches or as a stream; `detect ops` is for operators "
+               "(Triton groups, model load/unload). Environment: DETECT_TARGET, "
+               "DETECT_CA_FILE, DETECT_CERT_FILE, DETECT_KEY_FILE.")
+    if many:
+        parser.add_argument("images", nargs="*", metavar="PATH",
+                            help="folders (their files in name order), JPEG, PNG, WebP or BMP "
+                                 "files, or globs")
+    else:
+        parser.add_argument("images", nargs="*", metavar="IMAGE",
+                            help="JPEG, PNG, WebP or BMP files or globs; - reads one from stdin")
+    add_connection_options(parser)
     parser.add_argument("--model", default="", help="model name [default: the service's]")
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="leave out detections scoring lower [default: %(default)s]")
@@ -424,6 +438,10 @@ RUNS = {MODELS: run_models, BATCH: run_batch, STREAM: run_stream}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == OPS:
+        from detect_client import ops
+
+        return ops.main(argv[1:])
     command = argv[0] if argv and argv[0] in RUNS else None
     parser = build_parser(command)
     args = parser.parse_args(argv[1:] if command else argv)
@@ -431,12 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one folder or image")
     if command is None and not args.images:
         parser.error("give at least one image (or `detect models`)")
-    if args.ca_file is None and not args.plaintext and MAKE_RUN_CA.exists():
-        args.ca_file = str(MAKE_RUN_CA)
     try:
-        with connect(args.target, ca_file=args.ca_file, cert_file=args.cert_file,
-                     key_file=args.key_file, plaintext=args.plaintext,
-                     timeout_s=args.timeout) as channel:
+        with connection(args) as channel:
             return RUNS.get(command or "", run_detect)(args, channel)
     except Failure as exc:
         print(f"detect: {exc}", file=sys.stderr)

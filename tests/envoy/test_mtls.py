@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect.v1 import detect_pb2, detect_pb2_grpc, operations_pb2, operations_pb2_grpc
 from detect_stack.stack import envoy
 
 
@@ -18,7 +18,7 @@ def mtls(tmp_path_factory, edge):
     proxies = [target for target, _ in edge.proxies]
     tritons = [url for url, _ in edge.tritons]
     with envoy(tmp_path_factory.mktemp("mtls"), edge.envoy.certs, proxies, tritons,
-               mtls=True, allowed_clients=["alpha", "beta"]) as e:
+               mtls=True, allowed_clients=["alpha", "beta"], operator_clients=["beta"]) as e:
         yield e
 
 
@@ -63,3 +63,21 @@ def test_client_identity_comes_from_the_certificate_not_a_header(mtls, images):
         time.sleep(0.1)
     assert "spiffe://detect.local/client/alpha" in clients
     assert "spoofed" not in clients
+
+
+def _list_groups(channel) -> grpc.StatusCode:
+    try:
+        operations_pb2_grpc.OperationsStub(channel).ListGroups(
+            operations_pb2.ListGroupsRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_only_operator_identities_reach_the_operations_service(mtls, edge):
+    with mtls.channel(client="beta") as channel:
+        assert _list_groups(channel) == grpc.StatusCode.OK
+    with mtls.channel(client="alpha") as channel:  # a caller of the Detector, no operator
+        assert _list_groups(channel) == grpc.StatusCode.PERMISSION_DENIED
+    with edge.envoy.channel() as channel:  # TLS without client identities: no one
+        assert _list_groups(channel) == grpc.StatusCode.PERMISSION_DENIED

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -162,6 +164,13 @@ def test_each_call_reaches_a_replica_of_a_group_holding_its_model(groups):
         states = {(m.name, m.state) for m in group.replicas[0].models}
         assert ("null_c", "") not in states  # not in the repository at all
         assert all(("READY" if n in MODELS[group.name] else "") == s for n, s in states)
+    # The operator's command shows the same table.
+    shown = subprocess.run([sys.executable, "-m", "detect_client.cli", "ops", "groups",
+                            "--plaintext", "--target", groups.target],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("a (up, ") and "serves null_a, null_both" in shown.stdout
+    assert "null_b/1 READY" in shown.stdout and "null_c" not in shown.stdout
 
 
 def test_a_group_down_fails_only_its_models_and_is_used_again_when_back(groups):
