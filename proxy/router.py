@@ -185,7 +185,10 @@ class Router:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # the table must keep being refreshed whatever one poll met
+                log.exception("refreshing the Triton groups failed; trying again")
 
     async def start(self) -> None:
         """Learn what every group serves before the first call, then keep learning."""

@@ -85,6 +85,12 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
                                  timeout=120, cwd=ROOT)
             assert out.returncode == 0, out.stderr
             assert len(out.stdout.splitlines()) == len(pngs), out.stdout
+        # The operator's view, on a proxy's own listener: one group, the detector ready.
+        out = subprocess.run([detect, "ops", "groups", "--plaintext", "--target",
+                              f"127.0.0.1:{ports['PROXY1_PORT']}"], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("default (up, ") and "face_detector" in out.stdout
         everything = run.descendants()
         assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()
