@@ -2,6 +2,8 @@
 
 Keepalive defaults are Triton's own server defaults, so localtriton enforces the same ping
 policy as production Triton: a client tuned against it will not be sent GOAWAY by Triton.
+Model control (``--model-control-mode``, ``--load-model``) and ``--strict-readiness`` are
+checked as tritonserver checks them, so a deployment's command line means the same to both.
 """
 
 from __future__ import annotations
@@ -33,6 +35,36 @@ class Options:
     metrics_port: int
     exit_timeout_secs: float
     log_verbose: int
+    model_control_mode: str = "none"
+    load_model: tuple[str, ...] = ()
+    strict_readiness: bool = True
+
+    @property
+    def explicit(self) -> bool:
+        """Whether models are loaded and unloaded through the repository RPCs."""
+        return self.model_control_mode == "explicit"
+
+    def startup_models(self) -> list[str] | None:
+        """The models to load at start: every one (None), or those ``--load-model`` names."""
+        if not self.explicit or self.load_model == ("*",):
+            return None
+        return list(self.load_model)
+
+    def model_control_errors(self) -> list[str]:
+        """What tritonserver would refuse in the model-control flags (empty when fine)."""
+        errors = []
+        if self.model_control_mode == "poll":
+            errors.append("--model-control-mode poll is not supported by localtriton (it does "
+                          "not watch the repository): use explicit, and load or unload models "
+                          "with RepositoryModelLoad / RepositoryModelUnload")
+        if self.load_model and not self.explicit:
+            # tritonserver's own words for the same mistake.
+            errors.append("Use of '--load-model' requires setting "
+                          "'--model-control-mode=explicit' as well.")
+        if "*" in self.load_model and len(self.load_model) > 1:
+            errors.append("Wildcard model name '*' must be the ONLY startup model if "
+                          "specified at all.")
+        return errors
 
     @property
     def tls(self) -> bool:
@@ -84,6 +116,37 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+_CONTROL_MODES = ("none", "explicit", "poll")
+
+
+def _control_mode(text: str) -> str:
+    """tritonserver's modes; ``poll`` is accepted here so that ``parse`` can say why it is
+    refused rather than list it as an unknown choice."""
+    lowered = text.strip().lower()
+    if lowered not in _CONTROL_MODES:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(_CONTROL_MODES)}, got {text!r}")
+    return lowered
+
+
+def _model_names(text: str) -> tuple[str, ...]:
+    """The environment twin of a repeatable flag: a comma-separated list."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+class _Repeated(argparse.Action):
+    """A repeatable flag (tritonserver's ``--load-model``): each occurrence adds one value,
+    and the first one replaces the default (the environment's list) instead of adding to it,
+    as argparse's ``append`` would."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest)
+        if current is self.default:
+            current = ()
+        setattr(namespace, self.dest, (*current, values))
+
+
 # (flag, type, default, help). Defaults for the grpc-* flags are tritonserver's.
 _FLAGS: list[tuple[str, Callable[[str], Any], object, str]] = [
     ("--model-repository", Path, Path("model_repository"), "path to the model repository"),
@@ -121,6 +184,17 @@ _FLAGS: list[tuple[str, Callable[[str], Any], object, str]] = [
     ("--log-verbose", int, 0,
      "verbose logging level (0: off; 1: a line per inference request with its id and "
      "trace context)"),
+    ("--model-control-mode", _control_mode, "none",
+     "none: load every model at start; explicit: load only --load-model models at start, "
+     "then load and unload with RepositoryModelLoad / RepositoryModelUnload (poll is not "
+     "supported)"),
+    # A tuple default marks a repeatable flag; its environment twin is a comma-separated list.
+    ("--load-model", str, (),
+     "with --model-control-mode explicit, a model to load at start (repeat the flag for "
+     "several; '*' alone: every model)"),
+    ("--strict-readiness", _bool, True,
+     "server (and gRPC health) ready only while every model that was loaded is READY; "
+     "false: ready whenever the server is up, even while a model loads or unloads"),
 ]
 
 
@@ -135,17 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every flag can also be set through the environment variable shown.")
     for flag, kind, default, text in _FLAGS:
         env = env_name(flag)
+        repeated = isinstance(default, tuple)
         if env in os.environ:
-            default = kind(os.environ[env])
-        parser.add_argument(flag, type=kind, default=default,
-                            help=f"{text} [env {env}; default: %(default)s]")
+            try:
+                default = (_model_names if repeated else kind)(os.environ[env])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env}={os.environ[env]!r}: {exc}")
+        if isinstance(default, tuple):
+            shown = ",".join(default) or "none"
+            parser.add_argument(flag, type=kind, default=default, action=_Repeated,
+                                help=f"{text} [env {env}, comma-separated; default: {shown}]")
+        else:
+            parser.add_argument(flag, type=kind, default=default,
+                                help=f"{text} [env {env}; default: %(default)s]")
     return parser
 
 
 def parse(argv: list[str] | None = None) -> Options:
     parser = build_parser()
     options = Options(**vars(parser.parse_args(argv)))
-    errors = options.tls_errors()
+    errors = options.tls_errors() + options.model_control_errors()
     if errors:
         parser.error("; ".join(errors))
     return options

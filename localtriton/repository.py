@@ -1,10 +1,34 @@
-"""The loaded model repository: every model version, its scheduler and its statistics."""
+"""The model repository: what each model directory holds, what is loaded, and in what state.
+
+Models load at start (every one; with explicit model control only those ``--load-model``
+names), and with explicit model control later through RepositoryModelLoad and
+RepositoryModelUnload, with tritonserver's semantics (probed against tritonserver 2.51):
+
+- A model is read from its directory each time it is loaded, so loading a loaded model
+  again picks up a changed config.pbtxt or version directory; if none of its files changed
+  it does nothing. A reload that fails leaves the loaded versions serving.
+- Loading an ensemble loads its composing models first. Unloading a model also unloads every
+  loaded ensemble that uses it (an ensemble cannot run without its steps); with
+  ``unload_dependents`` an ensemble's composing models go with it.
+- Unloading refuses new requests at once; requests in flight finish (an ensemble request
+  holds its steps' models until it ends), then the model's schedulers and backends close.
+- Every version that was loaded, or failed to load, keeps a state for RepositoryIndex:
+  READY, LOADING, UNLOADING, or UNAVAILABLE with its reason ("unloaded", or the error).
+
+Loads and unloads are serialised by one lock, and backends are created in the default
+executor, so the event loop goes on serving other models while one loads. Everything runs
+on the event loop except the metrics thread's reads, which is why the table of loaded
+models is replaced on every change, never mutated in place.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +44,13 @@ from .scheduler import Scheduler
 from .statistics import FAILURE_BACKEND, FAILURE_CANCELED, FAILURE_OTHER, ModelStats
 
 log = logging.getLogger(__name__)
+
+# Triton's model version states (RepositoryIndex) and the reason an unloaded version gives.
+READY = "READY"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+UNAVAILABLE = "UNAVAILABLE"
+UNLOADED = "unloaded"
 
 
 def _shape_text(dims) -> str:
@@ -40,6 +71,31 @@ class Model:
         self.inputs = {t.name: t for t in config.input}
         self.outputs = {t.name: t for t in config.output}
         self.batching = config.max_batch_size > 0
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests using this model now (ensemble requests holding it as a step included)."""
+        return self._in_flight
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Count a request that uses this model for as long as the block runs: an unloaded
+        model is closed only once no request holds it."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once no request holds this model."""
+        await self._idle.wait()
 
     def full_shape(self, tensor: mc.ModelInput | mc.ModelOutput) -> list[int]:
         return ([-1] if self.batching else []) + list(tensor.dims)
@@ -109,6 +165,10 @@ class Model:
             raise InferenceError.unavailable(
                 f"[request id: {request.request_id or '<id_unknown>'}] Server is stopping, "
                 "scheduler for model has stopped accepting new inference requests")
+        with self.hold():
+            return await self._infer(request)
+
+    async def _infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         # A request refused by validation never reached the model: Triton does not count it.
         self.validate(request)
         start = time.perf_counter_ns()
@@ -130,65 +190,372 @@ class Model:
             self.stats.record_request(ok, time.perf_counter_ns() - start, reason)
 
 
+@dataclass(frozen=True, eq=False)
+class VersionState:
+    """One model version's state as RepositoryIndex reports it. Compared by identity: an
+    unload marks the version UNAVAILABLE at the end of its drain only if nothing (a load in
+    the meantime) has replaced the UNLOADING state it set."""
+
+    state: str
+    reason: str = ""
+
+
+class LoadError(ModelConfigError):
+    """A model that could not be loaded. Without ``version`` its directory or config.pbtxt
+    could not be read (Triton's "failed to poll"); with it, the config was read but that
+    version failed to load, and is UNAVAILABLE with ``reason``. At start-up it stops the
+    server like any ModelConfigError; to an RPC it is Triton's error (``rpc_error``)."""
+
+    def __init__(self, name: str, reason: str, version: int | None = None) -> None:
+        super().__init__(f"failed to load '{name}': {reason}")
+        self.name = name
+        self.reason = reason
+        self.version = version
+
+    def rpc_error(self) -> InferenceError:
+        """tritonserver's status and message for the same failure (the details stay in the
+        server's log, as Triton keeps a poll failure's)."""
+        if self.version is None:
+            return InferenceError.internal(
+                f"failed to load '{self.name}', failed to poll from model repository")
+        return InferenceError.invalid(
+            f"load failed for model '{self.name}': version {self.version} is at UNAVAILABLE "
+            f"state: {self.reason};\n")
+
+
+@dataclass(frozen=True)
+class _Polled:
+    """A model directory as read for one load."""
+
+    config: mc.ModelConfig
+    directory: Path
+    fingerprint: frozenset[tuple[str, int, int]]
+
+    @property
+    def ensemble(self) -> bool:
+        return model_config.backend_of(self.config) == model_config.ENSEMBLE_PLATFORM
+
+
+def _fingerprint(directory: Path) -> frozenset[tuple[str, int, int]]:
+    """Every file of a model directory with its modification time and size: what decides,
+    as in Triton, whether loading a loaded model reloads it. Python's bytecode caches are
+    left out: loading a python model writes them."""
+    files = set()
+    for path in directory.rglob("*"):
+        relative = path.relative_to(directory)
+        if "__pycache__" in relative.parts:
+            continue
+        try:
+            if path.is_file():
+                stat = path.stat()
+                files.add((str(relative), stat.st_mtime_ns, stat.st_size))
+        except OSError:  # removed while we looked: the next load sees the change
+            continue
+    return frozenset(files)
+
+
+def _composing(versions: dict[int, Model]) -> set[str]:
+    """The models an ensemble's steps use (none for other models)."""
+    return {step.model_name for model in versions.values()
+            if isinstance(model.scheduler, EnsembleScheduler)
+            for step in model.config.ensemble_scheduling.step}
+
+
 class ModelRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Loaded (READY) versions by model name. Replaced on every change, never mutated:
+        # the metrics thread iterates whichever table it picked up.
         self._models: dict[str, dict[int, Model]] = {}
+        # The state of every version that was loaded or tried, READY ones included.
+        self._states: dict[str, dict[int, VersionState]] = {}
+        # The files of each loaded model as they were when it loaded.
+        self._sources: dict[str, frozenset[tuple[str, int, int]]] = {}
+        self._lock = asyncio.Lock()
+        # Loads and drains under way (the event loop keeps only weak references to tasks).
+        self._loading: set[asyncio.Task[None]] = set()
+        self._draining: set[asyncio.Task[None]] = set()
 
-    async def load(self) -> None:
-        """Load every model; any error stops start-up, as tritonserver's --exit-on-error."""
+    # ------------------------------------------------------------------ loading
+
+    async def load(self, names: Sequence[str] | None = None) -> None:
+        """Start-up: load ``names`` (every model of the repository when None) and the
+        composing models of the ensembles among them. Any error stops start-up, as
+        tritonserver's --exit-on-error; every config is read before any model loads."""
         if not self.root.is_dir():
             raise ModelConfigError(f"model repository {self.root} does not exist")
-        configs: dict[str, tuple[mc.ModelConfig, Path]] = {}
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if model_dir.name.startswith((".", "_")):
-                continue
-            configs[model_dir.name] = (model_config.load(model_dir), model_dir)
-        plain = {n: c for n, (c, _) in configs.items()}
+        wanted = self.model_names() if names is None else list(dict.fromkeys(names))
+        for name in wanted:
+            self._poll(name)
+        async with self._lock:
+            for name in wanted:
+                await self._load(name)
+
+    async def load_model(self, name: str) -> None:
+        """RepositoryModelLoad: return once ``name`` (and an ensemble's steps) is READY.
+        A caller that goes away does not stop the load half-way (a backend created but
+        never served, a state left LOADING): it runs to its end regardless."""
+        task = asyncio.get_running_loop().create_task(self._load_locked(name))
+        self._loading.add(task)
+        task.add_done_callback(self._loading.discard)
+        # Read the outcome even when nobody awaits it any more, so it is not logged as lost.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            await asyncio.shield(task)
+        except LoadError as exc:
+            raise exc.rpc_error() from None
+
+    async def _load_locked(self, name: str) -> None:
+        async with self._lock:
+            try:
+                await self._load(name)
+            except LoadError as exc:
+                log.error("failed to load '%s': %s", name, exc.reason)
+                raise
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        """RepositoryModelUnload: refuse new requests for ``name`` at once and return; its
+        requests in flight finish before it closes. An unknown or unloaded name is no error."""
+        async with self._lock:
+            models = self._models
+            doomed = {name} & models.keys()
+            if unload_dependents and doomed:
+                doomed |= _composing(models[name]) & models.keys()
+            while True:  # an ensemble cannot run without its steps: it goes with them
+                users = {n for n, versions in models.items()
+                         if n not in doomed and _composing(versions) & doomed}
+                if not users:
+                    break
+                doomed |= users
+            for doomed_name in sorted(doomed):
+                self._unload(doomed_name)
+
+    def _poll(self, name: str) -> _Polled:
+        """Read model ``name`` from its directory (a name is a directory, never a path)."""
+        directory = self.root / name
+        if (not name or name != Path(name).name or name.startswith((".", "_"))
+                or not directory.is_dir()):
+            raise LoadError(name, f"no model directory '{name}' in {self.root}")
+        try:
+            config = model_config.load(directory)
+        except ModelConfigError as exc:
+            raise LoadError(name, str(exc)) from exc
+        return _Polled(config, directory, _fingerprint(directory))
+
+    def _unchanged(self, polled: _Polled) -> bool:
+        name = polled.config.name
+        return name in self._models and self._sources.get(name) == polled.fingerprint
+
+    async def _load(self, name: str) -> None:
+        polled = self._poll(name)
+        if polled.ensemble:
+            await self._load_ensemble(polled)
+        else:
+            await self._load_model(polled)
+
+    async def _load_model(self, polled: _Polled) -> None:
+        if self._unchanged(polled):
+            return
+        config, name = polled.config, polled.config.name
+        served = self._models.get(name, {})
+        states = self._states.setdefault(name, {})
+        versions = model_config.versions(config, polled.directory)
+        for version in versions:
+            if version not in served:
+                states[version] = VersionState(LOADING)
         loop = asyncio.get_running_loop()
-        ensembles = []
-        for name, (config, model_dir) in configs.items():
-            if model_config.backend_of(config) == model_config.ENSEMBLE_PLATFORM:
-                model_config.validate_ensemble(config, plain)
-                ensembles.append((config, model_dir))
-                continue
-            for version in model_config.versions(config, model_dir):
-                backend = await loop.run_in_executor(
-                    None, create_backend, config, model_dir, version)
+        loaded: dict[int, Model] = {}
+        try:
+            for version in versions:
+                try:
+                    backend = await loop.run_in_executor(
+                        None, create_backend, config, polled.directory, version)
+                except Exception as exc:  # a model's own code may raise anything
+                    reason = (str(exc) if isinstance(exc, ModelConfigError)
+                              else f"{type(exc).__name__}: {exc}")
+                    raise LoadError(name, reason, version) from exc
                 stats = ModelStats(name, str(version))
-                self._models.setdefault(name, {})[version] = Model(
-                    config, version, Scheduler(config, backend, stats), stats)
+                loaded[version] = Model(config, version, Scheduler(config, backend, stats),
+                                        stats)
                 log.info("loaded model '%s' version %d (%s, %d instance(s))", name, version,
                          model_config.backend_of(config), backend.instance_count)
-        for config, model_dir in ensembles:
-            for version in model_config.versions(config, model_dir):
-                self._models.setdefault(config.name, {})[version] = Model(
-                    config, version, EnsembleScheduler(config, self),
-                    ModelStats(config.name, str(version)))
-                log.info("loaded ensemble '%s' version %d", config.name, version)
+        except LoadError as exc:
+            # A load is all or nothing: the versions it loaded close again.
+            for model in loaded.values():
+                await self._close(model)
+            raise self._failed(name, versions, exc.reason, exc.version) from exc
+        self._install(name, loaded, polled.fingerprint)
 
-    def get(self, name: str, version: str = "") -> Model:
+    async def _load_ensemble(self, polled: _Polled) -> None:
+        config, name = polled.config, polled.config.name
+        versions = model_config.versions(config, polled.directory)
+        steps = list(dict.fromkeys(step.model_name for step in config.ensemble_scheduling.step))
+        configs: dict[str, mc.ModelConfig] = {}
+        for step in steps:
+            try:
+                configs[step] = self._poll(step).config
+            except LoadError as exc:  # validation names it as an unknown model
+                log.error("ensemble '%s': cannot read step '%s': %s", name, step, exc.reason)
+        try:
+            model_config.validate_ensemble(config, configs)
+        except ModelConfigError as exc:
+            raise self._failed(name, versions, str(exc)) from exc
+        for step in steps:
+            try:
+                await self._load(step)
+            except LoadError as exc:
+                raise self._failed(
+                    name, versions, f"composing model '{step}' failed to load: {exc.reason}"
+                ) from exc
+        if self._unchanged(polled):
+            return
+        loaded = {version: Model(config, version, EnsembleScheduler(config, self),
+                                 ModelStats(name, str(version))) for version in versions}
+        for version in versions:
+            log.info("loaded ensemble '%s' version %d", name, version)
+        self._install(name, loaded, polled.fingerprint)
+
+    def _failed(self, name: str, versions: list[int], reason: str,
+                version: int | None = None) -> LoadError:
+        """Record a failed load of ``versions``: UNAVAILABLE with the reason, except those
+        still serving an earlier load of the model, which go on serving."""
+        served = self._models.get(name, {})
+        states = self._states.setdefault(name, {})
+        for number in versions:
+            if number not in served:
+                states[number] = VersionState(UNAVAILABLE, reason)
+        return LoadError(name, reason, versions[0] if version is None else version)
+
+    def _install(self, name: str, loaded: dict[int, Model],
+                 fingerprint: frozenset[tuple[str, int, int]]) -> None:
+        """Serve ``loaded`` as model ``name``; versions it replaces drain and close."""
+        old = self._models.get(name, {})
+        self._models = {**self._models, name: loaded}
+        self._sources[name] = fingerprint
+        states = self._states.setdefault(name, {})
+        for version in loaded:
+            states[version] = VersionState(READY)
+        for version, model in old.items():
+            self._retire(model, replaced=version in loaded)
+
+    # ------------------------------------------------------------------ unloading
+
+    def _unload(self, name: str) -> None:
         versions = self._models.get(name)
         if not versions:
+            return
+        self._models = {n: v for n, v in self._models.items() if n != name}
+        self._sources.pop(name, None)
+        for model in versions.values():
+            log.info("unloading model '%s' version %d (%d request(s) in flight)",
+                     name, model.version, model.in_flight)
+            self._retire(model, replaced=False)
+
+    def _retire(self, model: Model, replaced: bool) -> None:
+        """Close ``model`` once its requests in flight are done. A version that is not
+        ``replaced`` by a newer load of itself is UNLOADING until then, UNAVAILABLE after."""
+        state = None
+        if not replaced:
+            state = VersionState(UNLOADING)
+            self._states.setdefault(model.name, {})[model.version] = state
+        task = asyncio.get_running_loop().create_task(self._drain(model, state))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, model: Model, state: VersionState | None) -> None:
+        try:
+            await model.drained()
+        finally:  # at shutdown (cancelled) too: its backend must be released
+            await self._close(model)
+        states = self._states.get(model.name, {})
+        if state is not None and states.get(model.version) is state:
+            states[model.version] = VersionState(UNAVAILABLE, UNLOADED)
+        log.info("unloaded model '%s' version %d", model.name, model.version)
+
+    async def _close(self, model: Model) -> None:
+        if isinstance(model.scheduler, Scheduler):
+            try:
+                await model.scheduler.close()
+            except Exception:  # a model's finalize() failing must not stop the others
+                log.exception("closing model '%s' version %d failed", model.name,
+                              model.version)
+
+    # ------------------------------------------------------------------ lookups
+
+    def get(self, name: str, version: str = "") -> Model:
+        """The loaded model a request names, or Triton's error for why there is none."""
+        versions = self._models.get(name, {})
+        if not self._states.get(name):  # never loaded (or not in the repository at all)
             raise InferenceError.not_found(f"Request for unknown model: '{name}' is not found")
         if not version:
+            if not versions:
+                raise InferenceError.not_found(
+                    f"Request for unknown model: '{name}' has no available versions")
             return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
-            raise InferenceError.not_found(
-                f"Request for unknown model: '{name}' version {version} is not found")
-        return versions[int(version)]
+        number = int(version) if version.isdigit() else None
+        if number is not None and number in versions:
+            return versions[number]
+        if number is not None and number in self._states[name]:
+            raise InferenceError.unavailable(
+                f"Request for unknown model: '{name}' version {version} is not at ready state")
+        raise InferenceError.not_found(
+            f"Request for unknown model: '{name}' version {version} is not found")
+
+    def served(self, name: str) -> dict[int, Model]:
+        """The loaded versions of ``name`` (empty when it is not loaded)."""
+        return dict(self._models.get(name, {}))
 
     def all(self) -> list[Model]:
-        return [m for name in sorted(self._models) for _, m in sorted(self._models[name].items())]
+        """Every loaded version of every model; safe to call from another thread."""
+        models = self._models
+        return [m for name in sorted(models) for _, m in sorted(models[name].items())]
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def model_names(self) -> list[str]:
+        """Every model directory of the repository (hidden and ``_`` ones aside)."""
+        try:
+            return sorted(p.name for p in self.root.iterdir()
+                          if p.is_dir() and not p.name.startswith((".", "_")))
+        except OSError:
+            return []
+
+    def index(self, ready: bool = False) -> list[tuple[str, str, VersionState | None]]:
+        """RepositoryIndex: every model of the repository, a never-loaded one by its name
+        only (no version, no state), the others once per version with its state; with
+        ``ready``, the READY versions only."""
+        entries: list[tuple[str, str, VersionState | None]] = []
+        for name in sorted(set(self.model_names()) | self._states.keys()):
+            states = self._states.get(name)
+            if not states:
+                if not ready:
+                    entries.append((name, "", None))
+                continue
+            for version in sorted(states):
+                if not ready or states[version].state == READY:
+                    entries.append((name, str(version), states[version]))
+        return entries
+
+    def ready(self) -> bool:
+        """tritonserver's strict readiness: every version that was loaded or tried is READY,
+        or was unloaded (loading, unloading or failed: not ready)."""
+        return all(s.state == READY or (s.state == UNAVAILABLE and s.reason == UNLOADED)
+                   for states in self._states.values() for s in states.values())
+
+    # ------------------------------------------------------------------ shutdown
 
     def stop_accepting(self) -> None:
         for model in self.all():
             model.stopping = True
 
     async def close(self) -> None:
-        for model in self.all():
-            if isinstance(model.scheduler, Scheduler):
-                await model.scheduler.close()
+        """Close every model: the loaded ones and those still draining after an unload. A
+        load under way finishes first (the lock), so that its backends are closed too."""
+        async with self._lock:
+            draining = list(self._draining)
+            for task in draining:
+                task.cancel()
+            await asyncio.gather(*draining, return_exceptions=True)
+            for model in self.all():
+                await self._close(model)

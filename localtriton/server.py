@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
 import grpc
@@ -36,15 +37,19 @@ def server_credentials(options: Options) -> grpc.ServerCredentials | None:
 
 class TritonHealth(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 as tritonserver serves it: ``Check`` answers for the whole server
-    whatever service is named (SERVING, NOT_SERVING once shutdown begins); ``Watch`` is
-    not implemented, and there is no server reflection."""
+    whatever service is named, SERVING while the server is ready (ServerReady; NOT_SERVING
+    once shutdown begins); ``Watch`` is not implemented, and there is no server reflection."""
 
-    def __init__(self) -> None:
+    def __init__(self, ready: Callable[[], bool] = lambda: True) -> None:
         self.serving = False
+        self._ready = ready
+
+    def is_ready(self) -> bool:
+        return self.serving and self._ready()
 
     async def Check(self, request, context):
         return health_pb2.HealthCheckResponse(
-            status=health_pb2.HealthCheckResponse.SERVING if self.serving
+            status=health_pb2.HealthCheckResponse.SERVING if self.is_ready()
             else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
@@ -52,16 +57,20 @@ class LocalTriton:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.repository = ModelRepository(options.model_repository)
-        self.health = TritonHealth()
+        # tritonserver's --strict-readiness: not ready while a model that was loaded is not
+        # READY (loading, unloading, failed); an unloaded one does not count.
+        self.health = TritonHealth(self.repository.ready if options.strict_readiness
+                                   else lambda: True)
         self.server = grpc.aio.server(options=options.grpc_server_options())
         self.port = 0
         self.metrics: ThreadingHTTPServer | None = None
 
     async def start(self) -> None:
         credentials = server_credentials(self.options)  # a missing file fails before loading
-        await self.repository.load()
+        await self.repository.load(self.options.startup_models())
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.repository), self.server)
+            InferenceService(self.repository, self.options.explicit, self.health.is_ready),
+            self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.options.grpc_address}:{self.options.grpc_port}"
         self.port = (self.server.add_secure_port(address, credentials) if credentials
@@ -73,11 +82,12 @@ class LocalTriton:
         if self.options.metrics_port:
             self.metrics = metrics.serve(self.repository, self.options.grpc_address,
                                          self.options.metrics_port)
-        log.info("Started GRPCInferenceService at %s:%d%s serving %s",
+        log.info("Started GRPCInferenceService at %s:%d%s serving %s%s",
                  self.options.grpc_address, self.port,
                  " (mutual TLS)" if self.options.grpc_use_ssl_mutual
                  else " (TLS)" if self.options.tls else "",
-                 ", ".join(self.repository.names()))
+                 ", ".join(self.repository.names()) or "no model",
+                 " (explicit model control)" if self.options.explicit else "")
 
     async def stop(self) -> None:
         """As tritonserver does: NOT_SERVING, refuse new requests (UNAVAILABLE, which callers

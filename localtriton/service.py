@@ -1,12 +1,14 @@
 """``inference.GRPCInferenceService``: Triton's gRPC protocol, from tritonclient's own stubs.
 
-RPCs that localtriton does not implement (shared memory, model load/unload, tracing, log
-settings, streaming) keep the generated servicer's UNIMPLEMENTED answer.
+RPCs that localtriton does not implement (shared memory, tracing, log settings, streaming)
+keep the generated servicer's UNIMPLEMENTED answer. Model load and unload (explicit model
+control) answer as tritonserver does: see ``repository.py`` for their semantics.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -22,7 +24,12 @@ from .tensors import from_contents, from_raw, to_raw
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["model_configuration", "schedule_policy", "statistics"]
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)",
+              "model_configuration", "schedule_policy", "statistics"]
+
+# tritonserver's answer to RepositoryModelLoad / RepositoryModelUnload without explicit model
+# control, whatever the model.
+NOT_EXPLICIT = "explicit model load / unload is not allowed if polling is enabled"
 
 
 def _parameters(params) -> dict[str, object]:
@@ -73,8 +80,13 @@ def parse_inputs(request: pb.ModelInferRequest, model: Model) -> dict[str, np.nd
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, explicit: bool = False,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        """``explicit``: models may be loaded and unloaded through the repository RPCs;
+        ``ready``: what ServerReady answers (the server's readiness, strict or not)."""
         self._repository = repository
+        self._explicit = explicit
+        self._ready = ready
 
     async def _model(self, context: grpc.aio.ServicerContext, name: str, version: str) -> Model:
         try:
@@ -87,7 +99,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=self._ready())
 
     async def ModelReady(self, request, context):
         try:
@@ -117,19 +129,58 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=model.config)
 
     async def ModelStatistics(self, request, context):
-        if request.name:
-            model = await self._model(context, request.name, request.version)
-            models = [model] if request.version else [
-                m for m in self._repository.all() if m.name == model.name]
-        else:
+        if not request.name:
             models = self._repository.all()
+        else:
+            # Triton's answers: INVALID_ARGUMENT, not NOT_FOUND, and the same for a model
+            # that is not in the repository as for one that is not loaded.
+            versions = self._repository.served(request.name)
+            if not versions:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"requested model '{request.name}' is not available")
+            if not request.version:
+                models = [versions[v] for v in sorted(versions)]
+            elif request.version.isdigit() and int(request.version) in versions:
+                models = [versions[int(request.version)]]
+            else:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"requested model version is not available for model '{request.name}'")
         return pb.ModelStatisticsResponse(model_stats=[m.stats.to_proto() for m in models])
 
     async def RepositoryIndex(self, request, context):
         response = pb.RepositoryIndexResponse()
-        for model in self._repository.all():
-            response.models.add(name=model.name, version=str(model.version), state="READY")
+        for name, version, state in self._repository.index(ready=request.ready):
+            entry = response.models.add(name=name, version=version)
+            if state is not None:
+                entry.state = state.state
+                entry.reason = state.reason
         return response
+
+    async def RepositoryModelLoad(self, request, context):
+        if not self._explicit:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_EXPLICIT)
+        overrides = [k for k in request.parameters if k == "config" or k.startswith("file:")]
+        if overrides:
+            # Loading with another config or other files than the repository's would make
+            # a model that production Triton, reading the repository, does not serve.
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"localtriton does not support load parameters {overrides}: "
+                                "change the model repository and load the model again")
+        try:
+            await self._repository.load_model(request.model_name)
+        except InferenceError as exc:
+            await context.abort(exc.code, exc.message)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        if not self._explicit:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_EXPLICIT)
+        params = request.parameters
+        await self._repository.unload_model(
+            request.model_name,
+            "unload_dependents" in params and params["unload_dependents"].bool_param)
+        return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request, context):
         if log.isEnabledFor(logging.DEBUG):
