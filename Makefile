@@ -184,7 +184,7 @@ deploy-check: venv protos models testdata
 	$(BIN)/python -m detect_deploy.lock --check
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
-CAPACITY_ARGS ?= --gpu-bench loadtest/results/gpu/gpu.json
+CAPACITY_ARGS ?= --gpu-bench loadtest/results/gpu/gpu.json --group gpu-a=0.5 --group gpu-b=0.5
 capacity: venv
 	$(BIN)/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json --out deploy/CAPACITY.md $(CAPACITY_ARGS)
 

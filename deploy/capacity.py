@@ -9,7 +9,8 @@ provider or PyTorch on CUDA), or else an assumption (`--gpu-rps-per-replica`). T
 
     .venv/bin/python -m detect_deploy.capacity --bench loadtest/results/bench/bench.json \\
         --out deploy/CAPACITY.md [--target-rps 10000] [--target-utilisation 0.65] \\
-        [--gpu-bench loadtest/results/gpu/gpu.json | --gpu-rps-per-replica 500]
+        [--gpu-bench loadtest/results/gpu/gpu.json | --gpu-rps-per-replica 500] \\
+        [--group gpu-a=0.5 --group gpu-b=0.5]
 
 The model, for a target rate R and a target utilisation u (the headroom: the HPA's CPU
 target, room for bursts, failures and rollouts):
@@ -19,6 +20,13 @@ target, room for bursts, failures and rollouts):
     proxy pods    = ceil(proxy cores / cores per proxy process)   (one process, one core)
     GPU replicas  = ceil(R / (gpu_rps_per_replica * u)) + spare replicas
     GPU-host CPU  = R * (preprocess + postprocess + backend framework ms per image) / 1000 / u
+
+and, with Triton groups (--group NAME=SHARE, repeatable: the share of R each group serves),
+each group sized on its own, with spare replicas of its own (a rollout or a failed node in
+one GPU pool takes that pool's replicas only):
+
+    GPU replicas of group g  = ceil(R * share_g / (gpu_rps_per_replica * u)) + spare replicas
+    GPU-host CPU of group g  = share_g * GPU-host CPU
 
 The last line is per image-size class (the benchmark image and 12, 4 and 1 MP phone JPEGs):
 decoding, letterboxing and decoding the network's output run on the CPU of the GPU host,
@@ -31,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import sys
 import textwrap
@@ -224,6 +233,47 @@ def load_image_classes(path: Path) -> list[ImageClass]:
 
 
 @dataclass(frozen=True)
+class GroupShare:
+    """A Triton group (the proxy's --triton-groups name) and the share of the target rate
+    it serves."""
+    name: str
+    share: float
+
+
+_GROUP_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,38}[a-z0-9])?$")  # as --triton-groups
+
+
+def parse_group(text: str) -> GroupShare:
+    """``gpu-a=0.6`` -> GroupShare("gpu-a", 0.6); ValueError saying what is wrong."""
+    name, sep, share = text.partition("=")
+    name = name.strip()
+    if not sep or not _GROUP_NAME.match(name):
+        raise ValueError(f"{text!r}: expected NAME=SHARE, NAME as in the proxy's "
+                         "--triton-groups (lower-case letters, digits, '-' and '_')")
+    try:
+        value = float(share)
+    except ValueError:
+        raise ValueError(f"{text!r}: SHARE must be a number in (0, 1]") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"{text!r}: SHARE must be in (0, 1], the part of the target rate "
+                         "the group serves")
+    return GroupShare(name, value)
+
+
+def check_groups(groups: list[GroupShare]) -> None:
+    """Every call is served by some group: the shares add up to 1 or more (more: groups
+    sized to take over from one another)."""
+    names = [g.name for g in groups]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"group {', '.join(twice)} is given twice")
+    total = sum(g.share for g in groups)
+    if groups and total < 1 - 1e-9:
+        raise ValueError(f"the groups' shares add up to {total:g}: every call goes to some "
+                         "group, so they must add up to at least 1")
+
+
+@dataclass(frozen=True)
 class Plan:
     target_rps: float
     utilisation: float
@@ -235,6 +285,7 @@ class Plan:
     classes: tuple[ImageClass, ...] = ()
     image_class: str = DEFAULT_IMAGE_CLASS
     gpu: GpuMeasurement | None = None  # where gpu_rps was measured; None: an assumption
+    groups: tuple[GroupShare, ...] = ()  # Triton groups; none: one pool
 
     def cores(self, ms_per_request: float) -> float:
         return self.target_rps * ms_per_request / 1000 / self.utilisation
@@ -267,6 +318,17 @@ class Plan:
     def gpu_replicas(self) -> int:
         return math.ceil(self.target_rps / (self.gpu_rps * self.utilisation)) + self.spare_gpu
 
+    def group_replicas(self, group: GroupShare) -> int:
+        """ceil(R * share / (gpu_rps * u)) + spare: each group has spares of its own."""
+        return math.ceil(self.target_rps * group.share / (self.gpu_rps * self.utilisation)) \
+            + self.spare_gpu
+
+    @property
+    def grouped_gpu_replicas(self) -> int:
+        """GPU replicas of every group together (more than one pool's: rounding up per group,
+        and a spare in each)."""
+        return sum(self.group_replicas(g) for g in self.groups)
+
     @property
     def sized_class(self) -> ImageClass | None:
         """The image class the headline sizes the GPU hosts' CPU for."""
@@ -275,14 +337,16 @@ class Plan:
 
 def plan(rows: dict[str, Row], target_rps: float, utilisation: float, gpu_rps: float,
          spare_gpu: int, classes: list[ImageClass] | None = None,
-         image_class: str = DEFAULT_IMAGE_CLASS, gpu: GpuMeasurement | None = None) -> Plan:
+         image_class: str = DEFAULT_IMAGE_CLASS, gpu: GpuMeasurement | None = None,
+         groups: list[GroupShare] | None = None) -> Plan:
     """Proxy CPU per call is taken from whichever proxy scenario measured more (directly,
     or behind Envoy with TLS), so the estimate does not depend on which path was cheaper."""
+    check_groups(list(groups or ()))
     return Plan(target_rps, utilisation, gpu_rps, spare_gpu,
                 proxy_ms=max(rows[PROXY].cpu_ms["front"], rows[EDGE].cpu_ms["front"]),
                 aggregation_ms=rows[AGGREGATION].cpu_ms["front"],
                 envoy_ms=rows[EDGE].cpu_ms["envoy"], classes=tuple(classes or ()),
-                image_class=image_class, gpu=gpu)
+                image_class=image_class, gpu=gpu, groups=tuple(groups or ()))
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -345,6 +409,52 @@ inversely with it. Spare replicas: {p.spare_gpu} (`--spare-gpu-replicas`), for a
 update or a failed node."""
 
 
+def _grouped_note(p: Plan) -> str:
+    if not p.groups:
+        return ""
+    return (f" as one pool; **{p.grouped_gpu_replicas}** in {len(p.groups)} Triton groups "
+            f"(per group below)")
+
+
+def _groups_section(p: Plan) -> str:
+    if not p.groups:
+        return ""
+    c = p.sized_class
+    host = f" | GPU-host CPU, {c.image}" if c else ""
+    rows = "\n".join(
+        f"| `{g.name}` | {g.share:g} | {_f(p.target_rps * g.share)} | "
+        f"⌈{_f(p.target_rps)} × {g.share:g} / ({_f(p.gpu_rps)} × {p.utilisation:g})⌉ + "
+        f"{p.spare_gpu} spare | **{p.group_replicas(g)} replicas**"
+        + (f" | {p.cores(c.gpu_host_cpu_ms) * g.share:.0f} cores" if c else "") + " |"
+        for g in p.groups)
+    total = sum(g.share for g in p.groups)
+    over = "" if total <= 1 + 1e-9 else (
+        f" The shares add up to {total:g}: groups are sized to take over part of one "
+        f"another's calls.")
+    return f"""## Per Triton group
+
+Each Triton group (a GPU pool; `--triton-groups` of the proxies, one Deployment each in
+`deploy/k8s/triton.yaml`) is sized for its share of the target rate (`--group NAME=SHARE`),
+with spare replicas of its own, since a rolling update or a failed node in one pool takes
+that pool's replicas only:
+
+- GPU replicas of group g = ⌈R × share_g / (gpu_rps_per_replica × u)⌉ + spare replicas
+- GPU-host CPU of group g = share_g × the GPU-host CPU above
+
+| group | share | RPS | formula | GPU replicas{host} |
+|---|---|---|---|---{"|---" if c else ""}|
+{rows}
+
+**{p.grouped_gpu_replicas} GPU replicas** in all groups, against {p.gpu_replicas} as one
+pool: each group rounds up and keeps its own spares.{over} A share is the part of the calls
+a group serves: where several groups serve a model, each proxy sends a call to the one with
+the fewest of its calls in flight, so calls split in proportion to what each group
+completes (its replicas); give each group replicas in proportion to its share. Every
+group's GPUs are taken to be the one measured; a pool of another GPU needs its own figure.
+
+"""
+
+
 def _classes_section(p: Plan) -> str:
     if not p.classes:
         return ""
@@ -403,7 +513,7 @@ zone or node, and rolling updates.
 | proxy CPU | {_f(p.target_rps)} × {_f(p.proxy_ms)} ms / 1000 / {p.utilisation:g} | **{p.proxy_cores:.1f} cores** |
 | proxy pods (one process = one core each) | ⌈{p.proxy_cores:.2f}⌉ | **{p.proxy_pods} pods**, ≈ {_f(p.rps_per_pod)} RPS each |
 | Envoy CPU | {_f(p.target_rps)} × {_f(p.envoy_ms)} ms / 1000 / {p.utilisation:g} | **{p.envoy_cores:.1f} cores**, ≈ {p.envoy_millicores_per_pod} m per pod (sidecar request) |
-| GPU replicas | ⌈{_f(p.target_rps)} / ({_f(p.gpu_rps)} × {p.utilisation:g})⌉ + {p.spare_gpu} spare | **{p.gpu_replicas} replicas** (one GPU each) |
+| GPU replicas | ⌈{_f(p.target_rps)} / ({_f(p.gpu_rps)} × {p.utilisation:g})⌉ + {p.spare_gpu} spare | **{p.gpu_replicas} replicas** (one GPU each){_grouped_note(p)} |
 | proxy CPU with request aggregation | {_f(p.target_rps)} × {_f(p.aggregation_ms)} ms / 1000 / {p.utilisation:g} | {p.aggregation_cores:.1f} cores (if `--batch-max-wait-us` is on) |
 {_gpu_host_row(p)}
 
@@ -413,7 +523,7 @@ the `envoy+proxy` measurement: everything that Envoy process did per call in tha
 (TLS termination and the front listener, and the hop to the backend where the scenario
 routes the proxy's backend calls through Envoy's egress, as the sidecar does).
 
-{_classes_section(p)}
+{_groups_section(p)}{_classes_section(p)}
 ## Inputs
 
 Measured (`{source}`, written by `{bench_command or 'loadtest/bench.py'}`): CPU time per
@@ -461,7 +571,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-class", default=DEFAULT_IMAGE_CLASS,
                         help="image of the face_detector scenarios that sizes the GPU hosts' "
                              "CPU (default: the 12 MP phone JPEG)")
+    parser.add_argument("--group", action="append", default=[], metavar="NAME=SHARE",
+                        help="a Triton group and the share of the target rate it serves, in "
+                             "(0, 1] (repeatable; shares add up to at least 1): GPU replicas "
+                             "per group = ceil(R * share / (gpu_rps * u)) + spare")
     args = parser.parse_args(argv)
+    try:
+        groups = [parse_group(g) for g in args.group]
+        check_groups(groups)
+    except ValueError as exc:
+        parser.error(f"--group: {exc}")
     if not 0 < args.target_utilisation <= 1:
         parser.error("--target-utilisation must be in (0, 1]")
     if args.target_rps <= 0 or args.gpu_rps_per_replica <= 0 or args.spare_gpu_replicas < 0:
@@ -474,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu_rps = gpu.images_per_s
     p = plan(rows, args.target_rps, args.target_utilisation, gpu_rps,
              args.spare_gpu_replicas, load_image_classes(args.bench), args.image_class,
-             gpu)
+             gpu, groups)
 
     def shown(path: Path) -> str:
         resolved = path.resolve()
@@ -486,13 +605,15 @@ def main(argv: list[str] | None = None) -> int:
                           *(["--gpu-bench", shown(args.gpu_bench)] if args.gpu_bench else
                             ["--gpu-rps-per-replica", f"{args.gpu_rps_per_replica:g}"]),
                           "--spare-gpu-replicas", str(args.spare_gpu_replicas),
-                          "--image-class", args.image_class])
+                          "--image-class", args.image_class,
+                          *(a for g in groups for a in ("--group", f"{g.name}={g.share:g}"))])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(p, rows, shown(args.bench), bench_command, command))
     host = (f", {p.cores(p.sized_class.gpu_host_cpu_ms):.0f} GPU-host CPU cores"
             if p.sized_class else "")
+    per_group = "".join(f", {g.name}: {p.group_replicas(g)}" for g in p.groups)
     print(f"wrote {shown(args.out)}: {p.proxy_cores:.1f} proxy cores ({p.proxy_pods} pods), "
-          f"{p.envoy_cores:.1f} Envoy cores, {p.gpu_replicas} GPU replicas{host} "
+          f"{p.envoy_cores:.1f} Envoy cores, {p.gpu_replicas} GPU replicas{per_group}{host} "
           f"for {args.target_rps:g} RPS")
     return 0
 

@@ -47,9 +47,18 @@ ADMIN_PORT = 9901
 EGRESS_PORT = 8001
 PROXY_PORT = 50051
 PROXY_METRICS_PORT = 9464
-TRITON_HOST = "triton"  # the headless Service (Kubernetes) / service name (Compose)
 TRITON_PORT = 8001
 TRITON_METRICS_PORT = 8002
+
+# Triton groups, one per GPU pool (Kubernetes) or GPU (Compose): the group's name as the
+# proxy and Envoy know it (--triton-groups, cluster triton_NAME) -> the host that resolves
+# to its replicas: the group's headless Service (Kubernetes) or Compose service. The models
+# each serves are its tritonserver's --load-model flags (deploy/k8s/triton.yaml,
+# compose.yaml), never listed here: the proxy learns them from the replicas.
+TRITON_GROUPS = {"gpu-a": "triton-gpu-a", "gpu-b": "triton-gpu-b"}
+# Calls naming no group go to Envoy's "triton" cluster (--triton): a group serving the
+# proxies' default model. The proxies name a group on every call when they have groups.
+DEFAULT_GROUP = "gpu-a"
 
 # Proxy processes in the Compose deployment (detect-proxy --processes): process i listens on
 # PROXY_PORT + i and serves metrics on PROXY_METRICS_PORT + i.
@@ -65,15 +74,25 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 ENVOY_FILE = "envoy.yaml"  # Envoy's configuration in each directory
 
 
+def triton_groups() -> list[str]:
+    """Every group as NAME=HOST:PORT, the form of Envoy's --triton-group; joined by ';' it
+    is the proxy's --triton-groups (DETECT_PROXY_TRITON_GROUPS)."""
+    return [f"{name}={host}:{TRITON_PORT}" for name, host in TRITON_GROUPS.items()]
+
+
+def default_triton() -> str:
+    return f"{TRITON_GROUPS[DEFAULT_GROUP]}:{TRITON_PORT}"
+
+
 def k8s_envoy(**overrides: Any) -> render.StackConfig:
     """The sidecar Envoy of a proxy pod: TLS front on the pod IP, one proxy on loopback,
-    Triton discovered through its headless Service (STRICT_DNS), an ops listener for
-    Prometheus and the kubelet's gRPC probe, and long-lived client connections recycled
-    so they spread over pods the HPA adds."""
+    a cluster per Triton group discovered through the group's headless Service
+    (STRICT_DNS), an ops listener for Prometheus and the kubelet's gRPC probe, and
+    long-lived client connections recycled so they spread over pods the HPA adds."""
     settings: dict[str, Any] = dict(
-        proxies=[f"127.0.0.1:{PROXY_PORT}"], tritons=[f"{TRITON_HOST}:{TRITON_PORT}"],
-        cert_dir=TLS_DIR, front_address="0.0.0.0", front_port=FRONT_PORT,
-        egress_port=EGRESS_PORT, admin_port=ADMIN_PORT, ops_port=OPS_PORT,
+        proxies=[f"127.0.0.1:{PROXY_PORT}"], tritons=[default_triton()],
+        triton_groups=triton_groups(), cert_dir=TLS_DIR, front_address="0.0.0.0",
+        front_port=FRONT_PORT, egress_port=EGRESS_PORT, admin_port=ADMIN_PORT, ops_port=OPS_PORT,
         proxy_metrics=f"127.0.0.1:{PROXY_METRICS_PORT}", triton_dns=True,
         max_connection_duration_s=120.0, access_log="/dev/stdout", **POD_LIMITS)
     settings.update(overrides)
@@ -82,23 +101,26 @@ def k8s_envoy(**overrides: Any) -> render.StackConfig:
 
 def compose_envoy(**overrides: Any) -> render.StackConfig:
     """Envoy on a single GPU host: the proxy processes share its network namespace (their
-    loopback), Triton is the Compose service of that name."""
+    loopback), each Triton group is the Compose service of its GPU."""
     settings: dict[str, Any] = dict(
         proxies=[f"127.0.0.1:{PROXY_PORT + i}" for i in range(COMPOSE_PROXY_PROCESSES)],
-        tritons=[f"{TRITON_HOST}:{TRITON_PORT}"], cert_dir=TLS_DIR, front_address="0.0.0.0",
-        front_port=FRONT_PORT, egress_port=EGRESS_PORT, admin_port=ADMIN_PORT,
-        triton_dns=True, access_log="/dev/stdout", **POD_LIMITS)
+        tritons=[default_triton()], triton_groups=triton_groups(), cert_dir=TLS_DIR,
+        front_address="0.0.0.0", front_port=FRONT_PORT, egress_port=EGRESS_PORT,
+        admin_port=ADMIN_PORT, triton_dns=True, access_log="/dev/stdout", **POD_LIMITS)
     settings.update(overrides)
     return render.StackConfig(**settings)
 
 
 def compose_prometheus() -> dict:
     """Prometheus shares Envoy's network namespace, so it reaches the loopback-only proxy
-    metrics and Envoy admin like `make run`'s Prometheus does."""
+    metrics and Envoy admin like `make run`'s Prometheus does; each Triton group's metrics
+    carry its name in the label "group", as the proxy's detect_group_* series do."""
     return prometheus.render(
         proxies=[f"127.0.0.1:{PROXY_METRICS_PORT + i}" for i in range(COMPOSE_PROXY_PROCESSES)],
-        envoy_admin=f"127.0.0.1:{ADMIN_PORT}",
-        tritons=[f"{TRITON_HOST}:{TRITON_METRICS_PORT}"], interval="15s")
+        envoy_admin=f"127.0.0.1:{ADMIN_PORT}", tritons=[],
+        triton_groups={name: [f"{host}:{TRITON_METRICS_PORT}"]
+                       for name, host in TRITON_GROUPS.items()},
+        interval="15s")
 
 
 def server_sds(directory: Path = TLS_DIR) -> dict[str, Any]:

@@ -84,3 +84,66 @@ def flag(args: list[str], name: str) -> str:
         if a.startswith(name + "="):
             return a.split("=", 1)[1]
     raise AssertionError(f"{name} not in {shlex.join(args)}")
+
+
+def env_of(c: dict) -> dict[str, str]:
+    """A container's environment variables (the literal values)."""
+    return {v["name"]: v["value"] for v in c.get("env", []) if "value" in v}
+
+
+def pod_labels(deployment: dict) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a matchLabels selector selects pods with these labels."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def triton_deployments() -> list[dict]:
+    """Every Triton group's Deployment (pods labelled app.kubernetes.io/name=triton)."""
+    return [d for _, d in k8s_documents() if d["kind"] == "Deployment"
+            and pod_labels(d).get("app.kubernetes.io/name") == "triton"]
+
+
+def service_target(service: dict) -> dict:
+    """The one Deployment whose pods a Service selects."""
+    [target] = [d for _, d in k8s_documents() if d["kind"] == "Deployment"
+                and selects(service["spec"]["selector"], pod_labels(d))]
+    return target
+
+
+def loaded_models(args: list[str]) -> list[str]:
+    """The models a tritonserver command line loads at start (explicit model control)."""
+    return [a.split("=", 1)[1] for a in args if a.startswith("--load-model=")] + [
+        args[i + 1] for i, a in enumerate(args) if a == "--load-model"]
+
+
+# tritonserver flags a test on loopback leaves to the launcher
+# (detect_localtriton.tritonserver): the repository, ports and the endpoints it opens.
+_LOCAL_ONLY = ("--model-repository", "--grpc-port", "--metrics-port", "--http-port",
+               "--allow-http", "--allow-grpc", "--allow-metrics", "--allow-gpu-metrics")
+
+
+def local_triton_flags(args: list[str]) -> list[str]:
+    """A Triton container's tritonserver flags (``--flag=value`` form) for a server on
+    loopback: everything but the repository, the ports and which endpoints are open."""
+    assert args[0] == "tritonserver", args
+    return [a for a in args[1:] if a.split("=", 1)[0] not in _LOCAL_ONLY]
+
+
+def models_loaded(models: list[str], repository: Path | None = None) -> set[str]:
+    """What tritonserver loads for these --load-model names: each model and, for an
+    ensemble, its steps (from the model repository's configs)."""
+    from detect_localtriton import model_config
+    from detect_stack.servers import MODEL_REPOSITORY
+
+    out: set[str] = set()
+    pending = list(models)
+    while pending:
+        name = pending.pop()
+        if name not in out:
+            out.add(name)
+            config = model_config.load((repository or MODEL_REPOSITORY) / name)
+            pending += [s.model_name for s in config.ensemble_scheduling.step]
+    return out

@@ -9,17 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def render(proxies: list[str], envoy_admin: str, tritons: list[str],
-           interval: str = "5s") -> dict:
+           interval: str = "5s", triton_groups: dict[str, list[str]] | None = None) -> dict:
+    """``triton_groups``: each Triton group's replicas (metrics host:port), scraped by the
+    "triton" job with the group's name in the label ``group`` (the label the proxy's
+    ``detect_group_*`` series use), beside the ungrouped ``tritons``."""
+    triton_targets: list[dict[str, Any]] = (
+        [{"targets": tritons}] if tritons or not triton_groups else [])
+    triton_targets += [{"targets": targets, "labels": {"group": name}}
+                       for name, targets in (triton_groups or {}).items()]
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [
             {"job_name": "detect-proxy", "static_configs": [{"targets": proxies}]},
             {"job_name": "envoy", "metrics_path": "/stats/prometheus",
              "static_configs": [{"targets": [envoy_admin]}]},
-            {"job_name": "triton", "static_configs": [{"targets": tritons}]},
+            {"job_name": "triton", "static_configs": triton_targets},
         ],
     }
 

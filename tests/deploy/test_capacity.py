@@ -241,3 +241,62 @@ def test_the_torch_runtime_checks_agreement_and_a_cpu_run_is_refused(tmp_path):
     if row["provider"] == "torch-cpu":
         with pytest.raises(capacity.InputError, match="not on a GPU"):
             capacity.gpu_measurement(measured)
+
+
+def test_each_group_is_sized_for_its_share_with_spares_of_its_own():
+    _, rows = capacity.load(FIXTURE)
+    groups = [capacity.parse_group("gpu-a=0.7"), capacity.parse_group("gpu-b=0.3")]
+    p = capacity.plan(rows, 10_000, 0.65, 500, 1, groups=groups)
+    # ceil(R * share / (gpu_rps * u)) + spare
+    assert p.group_replicas(groups[0]) == math.ceil(10_000 * 0.7 / (500 * 0.65)) + 1 == 23
+    assert p.group_replicas(groups[1]) == math.ceil(10_000 * 0.3 / (500 * 0.65)) + 1 == 11
+    assert p.grouped_gpu_replicas == 34 >= p.gpu_replicas == 32
+    # One group serving everything is the single pool.
+    whole = capacity.plan(rows, 10_000, 0.65, 500, 1, groups=[capacity.parse_group("all=1")])
+    assert whole.grouped_gpu_replicas == whole.gpu_replicas
+
+
+@pytest.mark.parametrize("text, message", [
+    ("gpu-a", "NAME=SHARE"), ("GPU A=0.5", "NAME=SHARE"), ("gpu-a=half", "a number"),
+    ("gpu-a=0", r"\(0, 1\]"), ("gpu-a=1.5", r"\(0, 1\]")])
+def test_a_malformed_group_is_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        capacity.parse_group(text)
+
+
+def test_shares_must_cover_every_call_and_name_each_group_once():
+    with pytest.raises(ValueError, match="add up to 0.8"):
+        capacity.check_groups([capacity.GroupShare("a", 0.5), capacity.GroupShare("b", 0.3)])
+    with pytest.raises(ValueError, match="given twice"):
+        capacity.check_groups([capacity.GroupShare("a", 0.5), capacity.GroupShare("a", 0.5)])
+    capacity.check_groups([capacity.GroupShare("a", 1), capacity.GroupShare("b", 1)])
+
+
+def test_the_report_breaks_gpu_replicas_down_per_group_with_the_formula(tmp_path):
+    out = tmp_path / "CAPACITY.md"
+    result = subprocess.run([sys.executable, "-m", "detect_deploy.capacity",
+                             "--bench", str(FIXTURE), "--out", str(out),
+                             "--gpu-rps-per-replica", "500",
+                             "--group", "gpu-a=0.7", "--group", "gpu-b=0.3"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "## Per Triton group" in text
+    assert "⌈R × share_g / (gpu_rps_per_replica × u)⌉ + spare replicas" in text
+    assert "| `gpu-a` | 0.7 | 7,000 | ⌈10,000 × 0.7 / (500 × 0.65)⌉ + 1 spare | " \
+           "**23 replicas** |" in text
+    assert "| `gpu-b` | 0.3 | 3,000 | ⌈10,000 × 0.3 / (500 × 0.65)⌉ + 1 spare | " \
+           "**11 replicas** |" in text
+    assert "**34 GPU replicas** in all groups" in text
+    assert "--group gpu-a=0.7 --group gpu-b=0.3" in text  # how to regenerate it
+    bad = subprocess.run([sys.executable, "-m", "detect_deploy.capacity", "--bench",
+                          str(FIXTURE), "--out", str(tmp_path / "c.md"), "--group", "a=0.5"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "add up to 0.5" in bad.stderr
+    assert not (tmp_path / "c.md").exists()
+
+
+def test_without_groups_the_report_has_no_group_section(tmp_path):
+    out = tmp_path / "CAPACITY.md"
+    assert capacity.main(["--bench", str(FIXTURE), "--out", str(out)]) == 0
+    assert "Per Triton group" not in out.read_text()

@@ -36,8 +36,8 @@ def errors(document: dict) -> list[str]:
 
 def test_compose_file_validates_against_the_compose_spec(compose):
     assert errors(compose) == []
-    assert set(compose["services"]) == {"models", "triton", "envoy", "proxy", "prometheus",
-                                        "redis"}
+    assert set(compose["services"]) == {"models", "triton-gpu-a", "triton-gpu-b", "envoy",
+                                        "proxy", "prometheus", "redis"}
 
 
 def test_the_schema_check_rejects_mistakes(compose):
@@ -45,11 +45,12 @@ def test_the_schema_check_rejects_mistakes(compose):
     broken["services"]["proxy"]["restart_policy"] = "always"  # not a service key
     assert errors(broken)
     broken = copy.deepcopy(compose)
-    device = broken["services"]["triton"]["deploy"]["resources"]["reservations"]["devices"][0]
+    device = broken["services"]["triton-gpu-a"]["deploy"]["resources"]["reservations"][
+        "devices"][0]
     device["drivers"] = device.pop("driver")  # misspelt
     assert errors(broken)
     broken = copy.deepcopy(compose)
-    broken["services"]["proxy"]["depends_on"]["triton"]["condition"] = "service_ready"
+    broken["services"]["proxy"]["depends_on"]["triton-gpu-a"]["condition"] = "service_ready"
     assert errors(broken)
 
 
@@ -60,13 +61,15 @@ def test_services_run_unprivileged_read_only_with_pinned_images(compose):
         assert service.get("read_only") is True, name
         if name != "prometheus":  # the Prometheus image's own user is 'nobody'
             assert not service["user"].startswith("0"), name
-    triton = compose["services"]["triton"]
-    assert triton["build"]["dockerfile"] == "deploy/triton.Dockerfile"
     base = (DEPLOY / "triton.Dockerfile").read_text()
-    tag = triton["build"]["args"]["TRITON_TAG"]
-    assert f"ARG TRITON_TAG={tag}" in base
     assert "nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in base
-    assert triton["image"].endswith(":" + tag)
+    tritons = [s for n, s in compose["services"].items() if n.startswith("triton")]
+    assert len(tritons) == 2 and len({t["image"] for t in tritons}) == 1
+    for triton in tritons:
+        assert triton["build"]["dockerfile"] == "deploy/triton.Dockerfile"
+        tag = triton["build"]["args"]["TRITON_TAG"]
+        assert f"ARG TRITON_TAG={tag}" in base
+        assert triton["image"].endswith(":" + tag)
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")

@@ -24,10 +24,13 @@ from detect_deploy.manifests import (
     cluster,
     cluster_ports,
     container,
+    env_of,
     find,
     flag,
     listener_port,
+    loaded_models,
     port_of,
+    triton_deployments,
 )
 from detect_localtriton import options as localtriton_options
 from detect_proxy import config as proxy_config
@@ -37,12 +40,25 @@ ENVOY = str(Path(sys.executable).parent / "envoy")
 
 # tritonserver flags localtriton does not have (it has the gRPC and keepalive ones).
 TRITONSERVER_ONLY = {"--strict-readiness", "--allow-http", "--http-port", "--allow-grpc",
-                     "--allow-metrics", "--allow-gpu-metrics"}
+                     "--allow-metrics", "--allow-gpu-metrics", "--model-control-mode",
+                     "--load-model"}
 
 
-def proxy_settings(args: list[str]) -> proxy_config.ProxyConfig:
+def proxy_settings(args: list[str], env: dict[str, str] | None = None,
+                   monkeypatch: pytest.MonkeyPatch | None = None) -> proxy_config.ProxyConfig:
+    """The proxy's settings from its command line and, given a monkeypatch, the container's
+    environment (DETECT_PROXY_*), as the proxy reads them."""
     assert args[0] == "detect-proxy", args
+    if env:
+        assert monkeypatch is not None
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
     return proxy_config.parse(args[1:])
+
+
+def pod_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> proxy_config.ProxyConfig:
+    proxy = container(find("Deployment", "detect-proxy"), "proxy")
+    return proxy_settings(argv(proxy), env_of(proxy), monkeypatch)
 
 
 def triton_settings(args: list[str]) -> localtriton_options.Options:
@@ -73,23 +89,32 @@ def envoy_accepts(args: list[str], config: Path, tls_dir: Path, tmp_path: Path) 
 # ---------------------------------------------------------------- Kubernetes proxy pod
 
 
-def test_proxy_flags_parse_and_meet_the_sidecar_envoy(k8s_envoy):
-    pod = find("Deployment", "detect-proxy")
-    settings = proxy_settings(argv(container(pod, "proxy")))
+def test_proxy_flags_parse_and_meet_the_sidecar_envoy(k8s_envoy, monkeypatch):
+    settings = pod_proxy_settings(monkeypatch)
     assert settings.processes == 1  # the pod is the unit of scale
     host, port = host_port(settings.listen)
     assert host == "127.0.0.1"  # only the pod's own Envoy reaches it
     assert cluster_ports(k8s_envoy, "detect_proxy") == [(host, port)]
     egress = listener_port(k8s_envoy, "triton_egress")
     assert host_port(settings.triton_url) == ("127.0.0.1", egress)
+    assert settings.groups_via_egress  # each call names its group to the sidecar
     assert cluster_ports(k8s_envoy, "proxy_metrics") == [("127.0.0.1", settings.metrics_port)]
-    # Triton through the headless Service, resolved continually.
-    triton = cluster(k8s_envoy, "triton")
-    assert triton["cluster_type"]["name"] == "envoy.cluster.dns"
-    service = find("Service", "triton")
-    assert service["spec"]["clusterIP"] == "None"
-    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
-    assert cluster_ports(k8s_envoy, "triton") == [(service["metadata"]["name"], grpc_port)]
+    # Each Triton group through its headless Service, resolved continually, by the proxy
+    # (its replicas' model indexes) and by Envoy (cluster triton_<group>) alike.
+    assert settings.groups, "the proxy pod names its Triton groups"
+    for group in settings.groups:
+        [replicas] = group.replicas
+        name, grpc_port = host_port(replicas)
+        service = find("Service", name)
+        assert service["spec"]["clusterIP"] == "None"
+        assert grpc_port == next(p["port"] for p in service["spec"]["ports"]
+                                 if p["name"] == "grpc")
+        triton = cluster(k8s_envoy, f"triton_{group.name}")
+        assert triton["cluster_type"]["name"] == "envoy.cluster.dns"
+        assert cluster_ports(k8s_envoy, f"triton_{group.name}") == [(name, grpc_port)]
+    # Calls naming no group (none from these proxies) go to the group of the default model.
+    assert cluster(k8s_envoy, "triton")["cluster_type"]["name"] == "envoy.cluster.dns"
+    assert cluster_ports(k8s_envoy, "triton") == [host_port(configs.default_triton())]
 
 
 def test_envoy_sidecar_ports_probes_and_command_line(k8s_envoy, dev_tls, tmp_path):
@@ -159,11 +184,17 @@ def test_autoscaler_targets_agree_with_the_proxy_and_the_capacity_model():
 # ---------------------------------------------------------------- Kubernetes Triton
 
 
-def test_triton_flags_match_envoys_egress_keepalive_and_the_service(k8s_envoy):
-    pod = find("Deployment", "triton")
+def _group_of(deployment: dict) -> str:
+    return deployment["spec"]["template"]["metadata"]["labels"]["detect-group"]
+
+
+@pytest.mark.parametrize("deployment", triton_deployments(), ids=_group_of)
+def test_triton_flags_match_envoys_egress_keepalive_and_the_service(k8s_envoy, deployment):
+    pod, group = deployment, _group_of(deployment)
     triton = container(pod, "triton")
     settings = triton_settings(argv(triton))
-    keepalive = cluster(k8s_envoy, "triton")["typed_extension_protocol_options"][
+    name = f"triton_{group}"
+    keepalive = cluster(k8s_envoy, name)["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"][
         "http2_protocol_options"]["connection_keepalive"]
     interval_ms = float(keepalive["interval"].rstrip("s")) * 1000
@@ -173,13 +204,17 @@ def test_triton_flags_match_envoys_egress_keepalive_and_the_service(k8s_envoy):
     assert settings.grpc_http2_max_ping_strikes >= 1
     grpc, metrics = port_of(triton, "grpc"), port_of(triton, "metrics")
     assert settings.grpc_port == grpc and settings.metrics_port == metrics
-    assert cluster_ports(k8s_envoy, "triton")[0][1] == grpc
-    ports = {p["name"]: p["port"] for p in find("Service", "triton")["spec"]["ports"]}
+    [(service_name, port)] = cluster_ports(k8s_envoy, name)
+    assert port == grpc
+    ports = {p["name"]: p["port"] for p in find("Service", service_name)["spec"]["ports"]}
     assert ports == {"grpc": grpc, "metrics": metrics}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert triton[probe]["grpc"]["port"] == grpc, probe
     assert pod["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(metrics)
     assert "--allow-http=false" in argv(triton)  # gRPC only: probes and Envoy use gRPC
+    # Explicit model control; ready while an operator loads or unloads a model.
+    assert "--model-control-mode=explicit" in argv(triton) and loaded_models(argv(triton))
+    assert "--strict-readiness=false" in argv(triton)
     # Triton drains within the grace period.
     exit_timeout = float(flag(argv(triton), "--exit-timeout-secs"))
     assert pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= exit_timeout + 5
@@ -190,17 +225,19 @@ def test_triton_flags_are_the_ones_the_readme_ships():
     readme = (DEPLOY.parent / "README.md").read_text()
     block = readme.split("tritonserver --model-repository=/models", 1)[1].split("```", 1)[0]
     shipped = {line.strip(" \\") for line in block.splitlines() if line.strip(" \\")}
-    args = set(argv(container(find("Deployment", "triton"), "triton")))
     keepalive = {a for a in shipped if a.startswith(("--grpc-keepalive", "--grpc-http2"))}
-    assert keepalive and keepalive <= args
+    assert keepalive
+    for deployment in triton_deployments():
+        assert keepalive <= set(argv(container(deployment, "triton")))
 
 
 # ---------------------------------------------------------------- Compose
 
 
-def test_compose_proxies_match_envoy_and_prometheus(compose, compose_envoy):
+def test_compose_proxies_match_envoy_and_prometheus(compose, compose_envoy, monkeypatch):
     services = compose["services"]
-    settings = proxy_settings(["detect-proxy", *services["proxy"]["command"]])
+    settings = proxy_settings(["detect-proxy", *services["proxy"]["command"]],
+                              services["proxy"]["environment"], monkeypatch)
     host, first = host_port(settings.listen)
     ports = [(host, first + i) for i in range(settings.processes)]
     assert settings.processes == configs.COMPOSE_PROXY_PROCESSES
@@ -211,6 +248,12 @@ def test_compose_proxies_match_envoy_and_prometheus(compose, compose_envoy):
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in prometheus["scrape_configs"]}
     assert jobs["detect-proxy"] == [f"127.0.0.1:{settings.metrics_port + i}"
                                     for i in range(settings.processes)]
+    # Every group the proxies route to is a Compose service and a cluster of Envoy's.
+    assert settings.groups
+    for group in settings.groups:
+        [replica] = group.replicas
+        assert host_port(replica)[0] in services
+        assert cluster_ports(compose_envoy, f"triton_{group.name}") == [host_port(replica)]
     assert jobs["envoy"] == [f"127.0.0.1:{admin_port(compose_envoy)}"]
     # Loopback addresses only work inside Envoy's network namespace.
     for name in ("proxy", "prometheus"):
@@ -228,20 +271,36 @@ def test_compose_envoy_ports_and_command_line(compose, compose_envoy, dev_tls, t
     envoy_accepts(envoy["command"], DEPLOY / "compose" / "envoy.yaml", dev_tls, tmp_path)
 
 
-def test_compose_triton_matches_kubernetes_and_envoy(compose, compose_envoy):
-    triton = compose["services"]["triton"]
+@pytest.mark.parametrize("group", sorted(configs.TRITON_GROUPS))
+def test_compose_triton_matches_kubernetes_and_envoy(compose, compose_envoy, group):
+    name = configs.TRITON_GROUPS[group]
+    triton = compose["services"][name]
     settings = triton_settings(triton["command"])
-    k8s = triton_settings(argv(container(find("Deployment", "triton"), "triton")))
-    assert settings == k8s  # same gRPC and keepalive settings on both
-    [(host, port)] = cluster_ports(compose_envoy, "triton")
-    assert (host, port) == ("triton", settings.grpc_port)
-    targets = {j["job_name"]: j["static_configs"][0]["targets"]
-               for j in configs.compose_prometheus()["scrape_configs"]}
-    assert targets["triton"] == [f"triton:{settings.metrics_port}"]
-    devices = triton["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    [deployment] = [d for d in triton_deployments() if _group_of(d) == group]
+    k8s_args = argv(container(deployment, "triton"))
+    assert settings == triton_settings(k8s_args)  # same gRPC and keepalive settings on both
+    assert loaded_models(triton["command"]) == loaded_models(k8s_args)  # and the same models
+    for same in ("--model-control-mode", "--strict-readiness"):
+        assert flag(triton["command"], same) == flag(k8s_args, same)
+    [(host, port)] = cluster_ports(compose_envoy, f"triton_{group}")
+    assert (host, port) == (name, settings.grpc_port)
+    [job] = [j for j in configs.compose_prometheus()["scrape_configs"]
+             if j["job_name"] == "triton"]
+    assert {"targets": [f"{name}:{settings.metrics_port}"],
+            "labels": {"group": group}} in job["static_configs"]
     http_port = flag(triton["command"], "--http-port")
     assert f"127.0.0.1:{http_port}/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert compose["services"]["proxy"]["depends_on"][name] == {"condition": "service_healthy"}
+
+
+def test_compose_gives_each_triton_group_a_gpu_of_its_own(compose):
+    gpus: list[str] = []
+    for name in configs.TRITON_GROUPS.values():
+        [device] = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert "count" not in device  # device_ids name the GPU instead
+        gpus += device["device_ids"]
+    assert len(gpus) == len(set(gpus)) == len(configs.TRITON_GROUPS)
 
 
 @pytest.mark.parametrize("image,target", [("detect-proxy", "proxy"), ("detect-models", "models")])
@@ -250,9 +309,10 @@ def test_compose_and_kubernetes_use_the_same_images(compose, image, target):
     for s in compose["services"].values():
         if s["image"].startswith(image + ":") and "build" in s:
             assert s["build"]["target"] == target
-    k8s = {c["image"] for d in ("detect-proxy", "triton")
-           for c in (find("Deployment", d)["spec"]["template"]["spec"]["containers"]
-                     + find("Deployment", d)["spec"]["template"]["spec"].get("initContainers", []))
+    deployments = [find("Deployment", "detect-proxy"), *triton_deployments()]
+    k8s = {c["image"] for d in deployments
+           for c in (d["spec"]["template"]["spec"]["containers"]
+                     + d["spec"]["template"]["spec"].get("initContainers", []))
            if c["image"].startswith(image + ":")}
     assert tags and tags == k8s
 

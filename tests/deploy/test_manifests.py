@@ -18,7 +18,17 @@ import pytest
 import yaml
 
 from detect_deploy import configs
-from detect_deploy.manifests import DEPLOY, K8S, argv, container, find, k8s_documents
+from detect_deploy.manifests import (
+    DEPLOY,
+    K8S,
+    argv,
+    container,
+    find,
+    k8s_documents,
+    pod_labels,
+    selects,
+    triton_deployments,
+)
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 OLDEST = "1.30.0"
@@ -145,6 +155,16 @@ def test_network_policies_let_only_proxies_reach_triton():
     grpc_rules = [r for r in triton["ingress"] if {"port": 8001, "protocol": "TCP"} in r["ports"]]
     assert [r["from"] for r in grpc_rules] == [
         [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "detect-proxy"}}}]]
+    # One policy for every Triton group, and the proxies may reach every group's gRPC port
+    # (calls through their Envoy, model indexes and model control from the proxy itself).
+    proxy_egress = find("NetworkPolicy", "detect-proxy")["spec"]["egress"]
+    grpc_to = [peer["podSelector"]["matchLabels"] for rule in proxy_egress
+               if {"port": 8001, "protocol": "TCP"} in rule["ports"] for peer in rule["to"]]
+    assert len(triton_deployments()) >= 2
+    for deployment in triton_deployments():
+        labels = pod_labels(deployment)
+        assert selects(triton["podSelector"]["matchLabels"], labels)
+        assert any(selects(selector, labels) for selector in grpc_to)
     proxy = find("NetworkPolicy", "detect-proxy")["spec"]
     open_ports = {p["port"] for r in proxy["ingress"] for p in r["ports"]}
     # The proxy's own port (loopback) and Envoy's admin are not among them.
@@ -191,19 +211,22 @@ def test_containers_run_unprivileged_read_only_with_resources():
             assert "memory" in c["resources"]["limits"], c["name"]
             image = c["image"]
             assert ":" in image and not image.endswith(":latest"), image
-    triton = container(find("Deployment", "triton"), "triton")["resources"]
-    assert triton["requests"]["nvidia.com/gpu"] == triton["limits"]["nvidia.com/gpu"] == 1
+    for deployment in triton_deployments():
+        triton = container(deployment, "triton")["resources"]
+        assert triton["requests"]["nvidia.com/gpu"] == triton["limits"]["nvidia.com/gpu"] == 1
 
 
-def test_triton_serves_the_model_repository_volume_read_only():
-    spec = find("Deployment", "triton")["spec"]["template"]["spec"]
+@pytest.mark.parametrize("deployment", triton_deployments(),
+                         ids=lambda d: d["metadata"]["name"])
+def test_triton_serves_the_model_repository_volume_read_only(deployment):
+    spec = deployment["spec"]["template"]["spec"]
     [init] = spec["initContainers"]
     repo = next(m for m in init["volumeMounts"] if m["name"] == "model-repository")
     assert argv(init) == ["cp", "-a", "/models/.", repo["mountPath"] + "/"]
-    mount = next(m for m in container(find("Deployment", "triton"), "triton")["volumeMounts"]
+    mount = next(m for m in container(deployment, "triton")["volumeMounts"]
                  if m["name"] == "model-repository")
     assert mount["readOnly"] is True
-    args = container(find("Deployment", "triton"), "triton")["args"]
+    args = container(deployment, "triton")["args"]
     assert f"--model-repository={mount['mountPath']}" in args
 
 

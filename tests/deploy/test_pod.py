@@ -1,15 +1,21 @@
-"""A proxy pod, as deploy/k8s/proxy.yaml describes it, run on loopback.
+"""A proxy pod, as deploy/k8s/proxy.yaml describes it, run on loopback, with its Triton groups.
 
 Envoy with the pod's rendered settings and the container's own command line, the proxy
-with the container's arguments, localtriton with Triton's keepalive flags from
-deploy/k8s/triton.yaml, found by name through STRICT_DNS like the headless Service. Only
-ports (free ones), the front address (loopback) and the certificate directory differ.
-Then the probes, the ops listener and the preStop drain are exercised for real.
+with the container's arguments and Triton groups, and one server per group of
+deploy/k8s/triton.yaml: the genuine tritonserver with the group's command line (explicit
+model control, its models), or localtriton with Triton's keepalive flags where `make
+triton` has not installed tritonserver. Each group is found by name, through STRICT_DNS
+like its headless Service. Only ports (free ones), the front address (loopback) and the
+certificate directory differ. Then routing by group, the probes, the ops listener and the
+preStop drain are exercised for real.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -23,9 +29,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_deploy import configs
-from detect_deploy.manifests import DEPLOY, argv, container, find, flag
+from detect_deploy.manifests import (
+    DEPLOY,
+    argv,
+    container,
+    env_of,
+    find,
+    flag,
+    loaded_models,
+    local_triton_flags,
+    models_loaded,
+    service_target,
+)
 from detect_envoy import render
-from detect_stack.servers import TESTDATA, free_port, localtriton, proxy, running
+from detect_localtriton import tritonserver as launcher
+from detect_proxy.group_spec import parse_groups
+from detect_stack.servers import (
+    LOCALTRITON,
+    TESTDATA,
+    TRITON,
+    free_port,
+    proxy,
+    running,
+    triton_server,
+    wait_for,
+)
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 PODCTL = [sys.executable, str(DEPLOY / "podctl.py")]
@@ -53,6 +81,14 @@ def ops_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, ""
 
 
+def tritonserver_installed() -> bool:
+    try:
+        launcher.site_packages(Path(os.environ.get(launcher.VENV_ENV, ".venv-triton")))
+    except launcher.SetupError:
+        return False
+    return True
+
+
 def health(target: str, service: str = "detect.v1.Detector") -> int:
     with grpc.insecure_channel(target) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(
@@ -70,11 +106,24 @@ def pod(tmp_path_factory, dev_tls):
     sds = (DEPLOY / "k8s" / "envoy" / configs.SDS_FILE).read_text()
     (tls / configs.SDS_FILE).write_text(sds.replace(str(configs.TLS_DIR), str(tls)))
     deployment = find("Deployment", "detect-proxy")
-    triton_args = argv(container(find("Deployment", "triton"), "triton"))
-    keepalive = [a.replace("=", " ", 1).split() for a in triton_args
-                 if a.startswith(("--grpc-keepalive", "--grpc-http2"))]
+    groups = parse_groups(env_of(container(deployment, "proxy"))["DETECT_PROXY_TRITON_GROUPS"])
+    backend = TRITON if tritonserver_installed() else LOCALTRITON
     ports = {name: free_port() for name in ("front", "ops", "admin", "egress", "proxy", "metrics")}
-    with localtriton(tmp, *[x for pair in keepalive for x in pair]) as (triton_url, _):
+    with contextlib.ExitStack() as stack:
+        # Each group's headless Service (host:port) -> its one replica here, by name.
+        local: dict[str, str] = {}
+        models: dict[str, list[str]] = {}
+        for group in groups:
+            [service] = group.replicas
+            args = argv(container(service_target(find("Service", service.rsplit(":", 1)[0])),
+                                  "triton"))
+            flags = local_triton_flags(args) if backend == TRITON else [
+                a for a in local_triton_flags(args)
+                if a.startswith(("--grpc-keepalive", "--grpc-http2"))]
+            url, _ = stack.enter_context(triton_server(backend, tmp, *flags))
+            local[service] = f"localhost:{url.rsplit(':', 1)[1]}"
+            models[group.name] = loaded_models(args)
+        here = {group.name: local[group.replicas[0]] for group in groups}
         proxy_args = replaced(argv(container(deployment, "proxy"))[1:], {
             "--listen": f"127.0.0.1:{ports['proxy']}",
             "--triton-url": f"127.0.0.1:{ports['egress']}",
@@ -83,26 +132,51 @@ def pod(tmp_path_factory, dev_tls):
         proxy_args.remove("--listen")
         metrics = proxy_args.pop(proxy_args.index("--metrics-port") + 1)
         proxy_args.remove("--metrics-port")
-        with proxy(tmp, f"127.0.0.1:{ports['egress']}", *proxy_args, port=ports["proxy"],
-                   metrics_port=int(metrics), wait_serving=False) as (target, _):
-            assert target == listen
-            config = configs.k8s_envoy(
-                proxies=[target], tritons=[f"localhost:{triton_url.rsplit(':', 1)[1]}"],
-                cert_dir=tls, front_address="127.0.0.1", front_port=ports["front"],
-                ops_port=ports["ops"], admin_port=ports["admin"], egress_port=ports["egress"],
-                proxy_metrics=f"127.0.0.1:{ports['metrics']}",
-                access_log=str(tmp / "access.log"))
-            path = tmp / "envoy.yaml"
-            path.write_text(render.to_yaml(render.render(config)))
-            envoy_args = replaced(argv(container(deployment, "envoy")), {
-                "-c": str(path), "--drain-time-s": f"{DRAIN_TIME_S:g}"})
-            ops = f"127.0.0.1:{ports['ops']}"
+        # The container's DETECT_PROXY_TRITON_GROUPS, its Services here; what the manifest
+        # exposes (its default: the ensembles only).
+        proxy_args += ["--triton-groups", ";".join(f"{g}={a}" for g, a in here.items()),
+                       "--exposed-models="]
+        target = f"127.0.0.1:{ports['proxy']}"
+        assert target == listen
+        config = configs.k8s_envoy(
+            proxies=[target], tritons=[here[configs.DEFAULT_GROUP]],
+            triton_groups=[f"{g}={a}" for g, a in here.items()],
+            cert_dir=tls, front_address="127.0.0.1", front_port=ports["front"],
+            ops_port=ports["ops"], admin_port=ports["admin"], egress_port=ports["egress"],
+            proxy_metrics=f"127.0.0.1:{ports['metrics']}",
+            access_log=str(tmp / "access.log"))
+        path = tmp / "envoy.yaml"
+        path.write_text(render.to_yaml(render.render(config)))
+        envoy_args = replaced(argv(container(deployment, "envoy")), {
+            "-c": str(path), "--drain-time-s": f"{DRAIN_TIME_S:g}"})
+        ops = f"127.0.0.1:{ports['ops']}"
 
-            def ready() -> bool:  # the readiness probe: gRPC health through the ops port
-                return health(ops) == health_pb2.HealthCheckResponse.SERVING
+        def envoy_live() -> bool:  # listeners up, clusters initialised
+            return ops_get(ports["admin"], "/ready")[0] == 200
 
-            with running([ENVOY, *envoy_args], tmp / "envoy.log", ready):
-                yield {**ports, "target": target, "ops_target": ops, "deployment": deployment}
+        def ready() -> bool:
+            """The readiness probe (gRPC health through the ops port), and Envoy's health
+            checks of the proxy and of every group have passed (Envoy checks every 1 s; the
+            probe alone can pass just before, as in a pod)."""
+            clusters = ["detect_proxy", "triton", *(f"triton_{g}" for g in here)]
+            try:
+                serving = health(ops) == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                return False
+            return serving and all(
+                stat(ports["admin"], f"cluster.{c}.membership_healthy") == 1 for c in clusters)
+
+        # The kubelet starts the containers in their order: Envoy, then the proxy. (With
+        # groups the proxy turns SERVING on its own polls of the replicas, not through the
+        # egress: a proxy started before its Envoy listens may be ready while its pooled
+        # connections to the egress are still backing off.)
+        stack.enter_context(running([ENVOY, *envoy_args], tmp / "envoy.log", envoy_live))
+        stack.enter_context(proxy(tmp, f"127.0.0.1:{ports['egress']}", *proxy_args,
+                                  port=ports["proxy"], metrics_port=int(metrics),
+                                  wait_serving=False))
+        wait_for(ready, 60, "the pod's readiness probe")
+        yield {**ports, "target": target, "ops_target": ops, "deployment": deployment,
+               "backend": backend, "models": models}
 
 
 def detect(channel: grpc.Channel) -> int:
@@ -124,8 +198,57 @@ def test_calls_go_through_tls_to_triton_found_by_name(pod, dev_tls):
     with urllib.request.urlopen(f"http://127.0.0.1:{pod['admin']}/clusters?format=json",
                                 timeout=5) as r:
         clusters = {c["name"]: c for c in json.loads(r.read())["cluster_statuses"]}
-    [host] = clusters["triton"]["host_statuses"]
-    assert host["hostname"] == "localhost"  # STRICT_DNS, as with the headless Service
+    for name in ["triton", *(f"triton_{g}" for g in pod["models"])]:
+        [host] = clusters[name]["host_statuses"]
+        assert host["hostname"] == "localhost"  # STRICT_DNS, as with the headless Service
+
+
+def samples(text: str, metric: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Prometheus text: labels -> value of every sample of ``metric``."""
+    out = {}
+    for m in re.finditer(rf"^{metric}{{([^}}]*)}} (\S+)$", text, re.MULTILINE):
+        labels = frozenset((k, v) for k, v in re.findall(r'(\w+)="([^"]*)"', m.group(1))
+                           if not k.startswith("otel_scope_"))
+        out[labels] = float(m.group(2))
+    return out
+
+
+def test_the_proxy_routes_each_call_to_a_group_serving_its_model(pod, dev_tls):
+    """Every group is up and serves the models its command line loads (with localtriton,
+    which loads everything, at least those); calls through the front reach the groups
+    through their clusters; the benchmark model stays unexposed though a group serves it."""
+    with tls_channel(pod, dev_tls) as channel:
+        for _ in range(6):
+            assert detect(channel) == 1
+        listed = detect_pb2_grpc.DetectorStub(channel).ListModels(
+            detect_pb2.ListModelsRequest(), timeout=10)
+        assert [m.name for m in listed.models] == ["face_detector"]
+        with pytest.raises(grpc.RpcError) as err:
+            detect_pb2_grpc.DetectorStub(channel).Detect(detect_pb2.DetectRequest(
+                image=(TESTDATA / "astronaut.png").read_bytes(), model="null_detector"),
+                timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    status, text = ops_get(pod["ops"], "/metrics")
+    assert status == 200
+    up = samples(text, "detect_group_replicas")
+    serves = samples(text, "detect_group_serves")
+    for group, models in pod["models"].items():
+        assert up[frozenset({("group", group), ("state", "up")})] == 1
+        assert up[frozenset({("group", group), ("state", "down")})] == 0
+        served = {dict(k)["model"] for k in serves if dict(k)["group"] == group}
+        if pod["backend"] == TRITON:
+            assert served == models_loaded(models)  # exactly its --load-model set
+        else:
+            assert served >= models_loaded(models)
+    calls = samples(text, "detect_group_calls_total")
+    ok = sum(v for k, v in calls.items()
+             if dict(k)["model"] == "face_detector" and dict(k)["code"] == "OK")
+    assert ok >= 6 and {dict(k)["group"] for k in calls} <= set(pod["models"])
+    for group in pod["models"]:  # each group's calls went through its own cluster
+        routed = stat(pod["admin"], f"cluster.triton_{group}.upstream_rq_total")
+        proxied = sum(v for k, v in calls.items() if dict(k)["group"] == group)
+        assert routed >= proxied
+    assert stat(pod["admin"], "cluster.triton.upstream_rq_total") == 0
 
 
 def test_ops_listener_serves_metrics_and_probes_and_nothing_of_the_admin(pod, dev_tls):
