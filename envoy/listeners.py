@@ -241,11 +241,11 @@ def egress_listener(config: StackConfig) -> dict[str, Any]:
 def _egress_routes(config: StackConfig) -> list[dict[str, Any]]:
     """A call naming a Triton group (the proxy's x-detect-group header) goes to that group's
     cluster; any other to the replicas of --triton."""
-    groups = [({"prefix": "/", "headers": [{"name": GROUP_HEADER,
-                                             "string_match": {"exact": g.name}}]},
-               clusters.group_cluster_name(g.name)) for g in config.groups]
-    return [_egress_route(config, match, cluster)
-            for match, cluster in [*groups, ({"prefix": "/"}, clusters.TRITON)]]
+    routes: list[tuple[dict[str, Any], str]] = [
+        ({"prefix": "/", "headers": [{"name": GROUP_HEADER, "string_match": {"exact": g.name}}]},
+         clusters.group_cluster_name(g.name)) for g in config.groups]
+    routes.append(({"prefix": "/"}, clusters.TRITON))
+    return [_egress_route(config, match, cluster) for match, cluster in routes]
 
 
 def _egress_route(config: StackConfig, match: dict[str, Any], cluster: str) -> dict[str, Any]:

@@ -154,13 +154,17 @@ class Router:
 
     async def ready(self, model: str, timeout_s: float) -> tuple[bool, str]:
         """With one group: Triton and the default model ready. With several: some group
-        answers, since a proxy that can serve one group's models must stay in rotation."""
+        ready where calls reach it (through Envoy's egress when they go that way), since a
+        proxy that can serve one group's models must stay in rotation."""
         if self.single:
             return await self.groups[0].upstream.ready(model, timeout_s)
         up = [g for g in self.groups if g.up]
-        if up:
-            return True, f"group {_names(up)} answering"
-        return False, "no Triton group answers"
+        answers = await asyncio.gather(*(g.upstream.ready("", timeout_s) for g in up))
+        ready = [g for g, (ok, _) in zip(up, answers, strict=True) if ok]
+        if ready:
+            return True, f"group {_names(ready)} ready"
+        why = "; ".join(f"{g.name}: {why}" for g, (_, why) in zip(up, answers, strict=True))
+        return False, f"no Triton group is ready ({why or 'none answers'})"
 
     # -- the routing table -------------------------------------------------------------------
 

@@ -151,26 +151,30 @@ class Upstream:
         raise AssertionError("unreachable")
 
     async def ready(self, model: str, timeout_s: float) -> tuple[bool, str]:
-        """Whether Triton and ``model`` are ready, asked on every connection: ready when any
-        gets a ready answer, since behind Envoy's egress a single check can land on one hung
-        replica that Envoy is about to route around."""
+        """Whether Triton and ``model`` (empty: Triton only) are ready, asked on every
+        connection, the way calls go: ready when any gets a ready answer, since behind
+        Envoy's egress a single check can land on one hung replica that Envoy is about to
+        route around."""
         answers = await asyncio.gather(*(self._ready_on(c.stub, model, timeout_s)
                                          for c in self.channels.connections))
         return next((a for a in answers if a[0]), answers[0])
 
-    @staticmethod
-    async def _ready_on(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str,
+    async def _ready_on(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str,
                         timeout_s: float) -> tuple[bool, str]:
+        metadata = self._route or None
         try:
-            server = await stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s)
+            server = await stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s,
+                                            metadata=metadata)
             if not server.ready:
                 return False, "Triton reports not ready"
-            answer = await stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=timeout_s)
-            if not answer.ready:
-                return False, f"model '{model}' is not ready"
+            if model:
+                answer = await stub.ModelReady(pb.ModelReadyRequest(name=model),
+                                               timeout=timeout_s, metadata=metadata)
+                if not answer.ready:
+                    return False, f"model '{model}' is not ready"
         except grpc.aio.AioRpcError as exc:
             return False, f"Triton unreachable ({exc.code()})"
-        return True, "Triton and the default model are ready"
+        return True, f"Triton{' and the default model' if model else ''} ready"
 
     def connect(self) -> None:
         self.channels.connect()
