@@ -38,10 +38,10 @@ from detect_stack.servers import free_port, redis_ping, running
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 
-# tritonserver flags localtriton does not have (it has the gRPC and keepalive ones).
-TRITONSERVER_ONLY = {"--strict-readiness", "--allow-http", "--http-port", "--allow-grpc",
-                     "--allow-metrics", "--allow-gpu-metrics", "--model-control-mode",
-                     "--load-model"}
+# tritonserver flags localtriton does not have (it has the gRPC, keepalive and model control
+# ones).
+TRITONSERVER_ONLY = {"--allow-http", "--http-port", "--allow-grpc", "--allow-metrics",
+                     "--allow-gpu-metrics"}
 
 
 def proxy_settings(args: list[str], env: dict[str, str] | None = None,
