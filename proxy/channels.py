@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -57,8 +58,19 @@ class Connection:
     model_infer: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.ModelInferResponse]
 
 
-def _connect(url: str, args: list[tuple[str, int | str]]) -> Connection:
-    channel = grpc.aio.insecure_channel(url, options=args)
+def replica_channel(config: ProxyConfig, target: str,
+                    args: list[tuple[str, int | str]]) -> grpc.aio.Channel:
+    """A channel straight to Triton replicas (not through Envoy's egress): TLS when
+    ``--triton-tls-ca`` is set, as Envoy's egress speaks it to the same replicas."""
+    if not config.triton_tls_ca:
+        return grpc.aio.insecure_channel(target, options=args)
+    credentials = grpc.ssl_channel_credentials(Path(config.triton_tls_ca).read_bytes())
+    if config.triton_tls_server_name:
+        args = [*args, ("grpc.ssl_target_name_override", config.triton_tls_server_name)]
+    return grpc.aio.secure_channel(target, credentials, options=args)
+
+
+def _connect(channel: grpc.aio.Channel) -> Connection:
     model_infer: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.ModelInferResponse] = (
         channel.unary_unary(MODEL_INFER, request_serializer=None,
                             response_deserializer=pb.ModelInferResponse.FromString))
@@ -67,11 +79,15 @@ def _connect(url: str, args: list[tuple[str, int | str]]) -> Connection:
 
 class ChannelPool:
     def __init__(self, config: ProxyConfig, target: str = "", round_robin: bool = False) -> None:
-        """``target``: a gRPC target (``host:port``, ``ipv4:a:p,b:p``, ``dns:///name:p``);
-        empty: ``--triton-url``."""
+        """``target``: a group's replicas reached directly (``host:port``, ``ipv4:a:p,b:p``,
+        ``dns:///name:p``); empty: ``--triton-url``, plaintext (Triton or Envoy's egress
+        on loopback)."""
         self.url = target or config.triton_url
-        self.connections = [_connect(self.url, channel_args(config, i, round_robin))
-                            for i in range(config.pool_size)]
+        self.connections = [
+            _connect(replica_channel(config, target, channel_args(config, i, round_robin))
+                     if target else grpc.aio.insecure_channel(self.url,
+                                                              options=channel_args(config, i)))
+            for i in range(config.pool_size)]
         self._in_flight = [0] * len(self.connections)
         self._next = 0
 

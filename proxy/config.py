@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from . import contract
@@ -47,6 +48,13 @@ class ProxyConfig:
     group_refresh_ms: int = setting(
         1_000, "with --triton-groups: how often every replica is asked for its models; "
                "routing follows a load, an unload or an outage within this")
+    triton_tls_ca: str = setting(
+        "", "with --triton-groups: CA certificate (PEM file) of the replicas' gRPC TLS, for the "
+            "proxy's own connections to them (their index, model control, and calls with "
+            "--groups-via-egress false); empty: plaintext")
+    triton_tls_server_name: str = setting(
+        "", "with --triton-tls-ca: the name the replicas' certificates carry (empty: the "
+            "address as given)")
     pool_size: int = setting(
         2, "persistent HTTP/2 connections to Triton shared by all callers")
     default_model: str = setting(
@@ -210,6 +218,8 @@ def parse(argv: list[str] | None = None) -> ProxyConfig:
         config.groups  # noqa: B018 (validated by parsing)
     except ValueError as exc:
         raise SystemExit(f"--triton-groups: {exc}") from None
+    if config.triton_tls_ca and not Path(config.triton_tls_ca).is_file():
+        raise SystemExit(f"--triton-tls-ca: no such file {config.triton_tls_ca}")
     if config.group_refresh_ms < 50:
         raise SystemExit("--group-refresh-ms must be at least 50")
     if config.max_batch_images < 1 or config.stream_window < 1 or config.stream_max_images < 1:

@@ -19,6 +19,8 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from .channels import replica_channel
+from .config import ProxyConfig
 from .group_spec import GroupSpec
 from .upstream import Upstream
 
@@ -38,9 +40,9 @@ class ModelState:
 class Replica:
     """One replica's own connection, for its index and for model control."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, config: ProxyConfig) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=[
+        self.channel = replica_channel(config, address, [
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_reconnect_backoff_ms", 1_000),
             ("grpc.use_local_subchannel_pool", 1)])
@@ -73,6 +75,7 @@ class Replica:
 class Group:
     spec: GroupSpec
     upstream: Upstream  # where calls for this group go (Envoy's egress or its replicas)
+    config: ProxyConfig
     replicas: dict[str, Replica] = field(default_factory=dict)
     served: frozenset[str] = frozenset()  # as last seen; kept while the group is down
     up: bool = False
@@ -122,7 +125,7 @@ class Group:
             await self.replicas.pop(address).close()
         for address in wanted:
             if address not in self.replicas:
-                self.replicas[address] = Replica(address)
+                self.replicas[address] = Replica(address, self.config)
 
     async def close(self) -> None:
         for replica in self.replicas.values():

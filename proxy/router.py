@@ -49,7 +49,8 @@ class Router:
     def __init__(self, config: ProxyConfig, telemetry: Telemetry) -> None:
         self.single = not config.groups
         specs = config.groups or (GroupSpec(DEFAULT_GROUP, (config.triton_url,)),)
-        self.groups = [Group(spec, self._upstream(config, telemetry, spec)) for spec in specs]
+        self.groups = [Group(spec, self._upstream(config, telemetry, spec), config)
+                       for spec in specs]
         self._by_name = {g.name: g for g in self.groups}
         self._telemetry = telemetry
         self._interval_s = config.group_refresh_ms / 1000

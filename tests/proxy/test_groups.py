@@ -28,6 +28,7 @@ from detect_stack.servers import (
     Process,
     null_models,
     proxy,
+    triton_client,
     triton_server,
     wait_for,
 )
@@ -238,16 +239,20 @@ def test_a_model_moved_between_groups_under_load_fails_only_in_the_gap(groups):
 
 
 def test_groups_reached_directly_without_envoy(tmp_path):
-    """--groups-via-egress false: the proxy balances over each group's replicas itself."""
+    """--groups-via-egress false: the proxy balances over each group's replicas itself,
+    over TLS (--triton-tls-ca) as it would between hosts."""
     only_a = null_models(tmp_path / "a", ["null_a"])
     only_b = null_models(tmp_path / "b", ["null_b"])
+    certs = make_certs(tmp_path / "certs")
     with contextlib.ExitStack() as es:
-        a = [es.enter_context(triton_server(LOCALTRITON, tmp_path, repository=only_a))]
-        b = [es.enter_context(triton_server(LOCALTRITON, tmp_path, repository=only_b))
-             for _ in range(2)]
+        a = [es.enter_context(triton_server(LOCALTRITON, tmp_path, repository=only_a,
+                                            tls=certs))]
+        b = [es.enter_context(triton_server(LOCALTRITON, tmp_path, repository=only_b,
+                                            tls=certs)) for _ in range(2)]
         spec = ";".join(f"{g}={','.join(url for url, _ in r)}" for g, r in (("a", a), ("b", b)))
         target, _ = es.enter_context(proxy(
             tmp_path, "127.0.0.1:1", "--triton-groups", spec, "--groups-via-egress", "false",
+            "--triton-tls-ca", str(certs / "ca.crt"), "--triton-tls-server-name", "localhost",
             "--exposed-models", "null_a,null_b", "--default-model", "null_a"))
         with grpc.insecure_channel(target) as channel:
             stub = detect_pb2_grpc.DetectorStub(channel)
@@ -255,8 +260,7 @@ def test_groups_reached_directly_without_envoy(tmp_path):
         assert codes == [grpc.StatusCode.OK] * 20
         counts = []
         for url, _ in b:  # round robin over group b's two replicas
-            with grpc.insecure_channel(url) as channel:
-                stats = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-                    pb.ModelStatisticsRequest(name="null_b"), timeout=5)
-            counts.append(stats.model_stats[0].inference_stats.success.count)
+            with triton_client(url, certs) as client:
+                stats = client.get_inference_statistics("null_b", as_json=True)
+            counts.append(int(stats["model_stats"][0]["inference_stats"]["success"]["count"]))
         assert sum(counts) == 10 and min(counts) > 0
