@@ -221,33 +221,26 @@ class Router:
 
     async def load(self, model: str, group_name: str, timeout_s: float | None) -> list[str]:
         """Loads ``model`` on every replica of the group; the replicas acted on."""
-        group = self.group(group_name)
-        replicas = await self._control(group, "RepositoryModelLoad",
-                                       pb.RepositoryModelLoadRequest(model_name=model),
-                                       model, timeout_s)
-        await self._refresh(group)
-        log.info("operator loaded model %s on group %s (%s)", model, group.name,
-                 ", ".join(replicas))
-        return replicas
+        return await self._control(self.group(group_name), "RepositoryModelLoad",
+                                   pb.RepositoryModelLoadRequest(model_name=model), model,
+                                   timeout_s, "loaded")
 
     async def unload(self, model: str, group_name: str, timeout_s: float | None) -> list[str]:
         """Stops routing ``model`` to the group, then unloads it from every replica (calls
         already there finish)."""
         group = self.group(group_name)
         group.served -= {model}
-        replicas = await self._control(group, "RepositoryModelUnload",
-                                       pb.RepositoryModelUnloadRequest(model_name=model),
-                                       model, timeout_s)
-        await self._refresh(group)
-        log.info("operator unloaded model %s from group %s (%s)", model, group.name,
-                 ", ".join(replicas))
-        return replicas
+        return await self._control(group, "RepositoryModelUnload",
+                                   pb.RepositoryModelUnloadRequest(model_name=model), model,
+                                   timeout_s, "unloaded")
 
     def served_by(self, model: str) -> list[str]:
         return [g.name for g in self.groups if model in g.served and g.up]
 
     async def _control(self, group: Group, method: str, request: object, model: str,
-                       timeout_s: float | None) -> list[str]:
+                       timeout_s: float | None, done: str) -> list[str]:
+        """``method`` on every replica of the group, then the group's table read again; the
+        replicas acted on, or the first failure's code with every replica's error."""
         await group.refresh(self._poll_timeout_s)  # the replicas as they are now
         replicas = list(group.replicas.values())
         errors = await asyncio.gather(*(self._ask(r, method, request, timeout_s)
@@ -257,7 +250,11 @@ class Router:
             code = failed[0][1][0]
             raise ProxyError(code, f"{method} of model '{model}' on group {group.name} "
                              "failed on " + "; ".join(f"{r.address}: {e[1]}" for r, e in failed))
-        return [r.address for r in replicas]
+        addresses = [r.address for r in replicas]
+        await self._refresh(group)
+        log.info("operator %s model %s on group %s (%s)", done, model, group.name,
+                 ", ".join(addresses))
+        return addresses
 
     @staticmethod
     async def _ask(replica: Replica, method: str, request: object,
