@@ -273,20 +273,26 @@ def detect_chunk(stub: detect_pb2_grpc.DetectorStub, outcomes: list[Outcome],
     return outcomes
 
 
+def _many(args: argparse.Namespace, channel: grpc.Channel, size_flag: str, size: int,
+          count: int) -> tuple[detect_pb2_grpc.DetectorStub, Progress]:
+    """What `detect batch` and `detect stream` check before sending anything: their size
+    option, and Pillow when drawing (so a missing one fails before any call)."""
+    if size < 1:
+        raise Failure(f"{size_flag} must be at least 1, not {size}")
+    if args.draw:
+        from detect_client.draw import require_pillow
+
+        require_pillow()
+    return detect_pb2_grpc.DetectorStub(channel), Progress(count)
+
+
 def run_batch(args: argparse.Namespace, channel: grpc.Channel) -> int:
     """The files in DetectBatch calls of ``--batch-size``, one call at a time (the service
     already sends each call's images to the model together)."""
     sources = listing(args.images)
     if sources.count(STDIN) > 1:
         raise Failure("-: stdin can be read only once")
-    if args.batch_size < 1:
-        raise Failure(f"--batch-size must be at least 1, not {args.batch_size}")
-    if args.draw:
-        from detect_client.draw import require_pillow
-
-        require_pillow()
-    stub = detect_pb2_grpc.DetectorStub(channel)
-    progress = Progress(len(sources))
+    stub, progress = _many(args, channel, "--batch-size", args.batch_size, len(sources))
     failed = 0
     for batch in batches(sources, args.batch_size):
         for outcome in detect_chunk(stub, batch, args):
@@ -302,14 +308,7 @@ def run_stream(args: argparse.Namespace, channel: grpc.Channel) -> int:
     sources = listing(args.images)
     if STDIN in sources:
         raise Failure("-: `detect stream` sends files; `detect -` reads an image from stdin")
-    if args.segment < 1:
-        raise Failure(f"--segment must be at least 1, not {args.segment}")
-    if args.draw:
-        from detect_client.draw import require_pillow
-
-        require_pillow()
-    stub = detect_pb2_grpc.DetectorStub(channel)
-    progress = Progress(len(sources))
+    stub, progress = _many(args, channel, "--segment", args.segment, len(sources))
     failed = 0
 
     def frames() -> Iterator[tuple[str, bytes]]:
