@@ -91,6 +91,12 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
                              text=True, timeout=60, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("default (up, ") and "face_detector" in out.stdout
+        # make run's Triton loads every model at start: moving one is refused, saying why.
+        out = subprocess.run([detect, "ops", "unload", "face_detector", "--group", "default",
+                              "--plaintext", "--target", f"127.0.0.1:{ports['PROXY1_PORT']}"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 1 and "FAILED_PRECONDITION" in out.stderr, out.stderr
+        assert "--model-control-mode=explicit" in out.stderr
         everything = run.descendants()
         assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()
