@@ -83,11 +83,13 @@ class ChannelPool:
         ``dns:///name:p``); empty: ``--triton-url``, plaintext (Triton or Envoy's egress
         on loopback)."""
         self.url = target or config.triton_url
-        self.connections = [
-            _connect(replica_channel(config, target, channel_args(config, i, round_robin))
-                     if target else grpc.aio.insecure_channel(self.url,
-                                                              options=channel_args(config, i)))
-            for i in range(config.pool_size)]
+
+        def channel(i: int) -> grpc.aio.Channel:
+            if target:
+                return replica_channel(config, target, channel_args(config, i, round_robin))
+            return grpc.aio.insecure_channel(self.url, options=channel_args(config, i))
+
+        self.connections = [_connect(channel(i)) for i in range(config.pool_size)]
         self._in_flight = [0] * len(self.connections)
         self._next = 0
 
