@@ -38,7 +38,8 @@ def build_response(result: InferResult, row: int, model: DetectorModel,
     response = result.get_response()
     out = detect_pb2.DetectResponse(model=response.model_name,
                                     model_version=response.model_version,
-                                    image_width=info.width, image_height=info.height)
+                                    image_width=info.width, image_height=info.height,
+                                    variant=model.variant)
     for i in np.argsort(-scores, kind="stable"):
         x_min, y_min, x_max, y_max = (float(v) for v in boxes[i])
         class_id = int(classes[i])
@@ -58,7 +59,7 @@ def select(answer: detect_pb2.DetectResponse,
         kept = kept[: request.max_detections]
     out = detect_pb2.DetectResponse(model=answer.model, model_version=answer.model_version,
                                     image_width=answer.image_width,
-                                    image_height=answer.image_height)
+                                    image_height=answer.image_height, variant=answer.variant)
     out.detections.extend(kept)
     return out
 

@@ -59,7 +59,7 @@ class MicroBatcher:
         self._upstream = upstream
         self._max_wait = max_wait_s
         self._max_size = max_size
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[tuple[str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _limit(self, model: DetectorModel) -> int:
@@ -74,7 +74,7 @@ class MicroBatcher:
         now = loop.time()
         if self._max_wait <= 0 or model.max_batch_size <= 1:
             return await self._upstream.infer(model, [image], deadline - now, [request_id]), 0
-        queue = self._queues.setdefault(model.name, _Queue(model))
+        queue = self._queues.setdefault((model.name, model.version), _Queue(model))
         if queue.in_flight == 0 and not queue.pending:
             # Nothing to wait for: the call goes now, from the caller's own task (no future,
             # no extra task), so that aggregation costs nothing at low load.

@@ -132,6 +132,16 @@ class Catalogue:
         version = max(ready, key=_version_order) if ready else ""
         return Resolved(version, digest.hexdigest()[:16])
 
+    async def version_not_found(self, name: str, version: str) -> ProxyError:
+        """The server has no ``version`` of ``name`` ready: say which versions it has."""
+        versions = next((entry.versions for entry in await self.listing()
+                         if entry.model.name == name), ())
+        if not versions:
+            return await self.not_found(name)
+        return ProxyError(grpc.StatusCode.NOT_FOUND,
+                          f"model '{name}' has no version {version} ready; ready versions: "
+                          f"{', '.join(versions)}")
+
     async def not_found(self, name: str) -> ProxyError:
         """The server does not have ``name`` (any more), or hides it: forget it and say
         which models there are."""

@@ -133,6 +133,13 @@ class ProxyConfig:
     model_refresh_ms: int = setting(
         2_000, "how often the versions and configs of the models in use are re-read: a new "
                "version or config changes their cache keys within this")
+    experiments: str = setting(
+        "", "experiments file (TOML, one table per model: weighted variants = versions, sticky "
+            "by caller key and salt; optional shadow and guard), re-read when it changes; a "
+            "bad file at start stops the proxy, later it is logged and the experiments in "
+            "force stay. Empty: none (calls run the latest version unless they pin one)")
+    experiments_refresh_ms: int = setting(
+        1_000, "how often the experiments file is checked for changes")
     max_batch_images: int = setting(
         16, "most images in one DetectBatch call")
     stream_window: int = setting(
@@ -220,6 +227,15 @@ def parse(argv: list[str] | None = None) -> ProxyConfig:
         raise SystemExit(f"--triton-groups: {exc}") from None
     if config.triton_tls_ca and not Path(config.triton_tls_ca).is_file():
         raise SystemExit(f"--triton-tls-ca: no such file {config.triton_tls_ca}")
+    if config.experiments:
+        from . import experiments
+
+        try:
+            experiments.parse(Path(config.experiments).read_text())
+        except (OSError, experiments.ExperimentError) as exc:
+            raise SystemExit(f"--experiments: {exc}") from None
+    if config.experiments_refresh_ms < 50:
+        raise SystemExit("--experiments-refresh-ms must be at least 50")
     if config.group_refresh_ms < 50:
         raise SystemExit("--group-refresh-ms must be at least 50")
     if config.max_batch_images < 1 or config.stream_window < 1 or config.stream_max_images < 1:

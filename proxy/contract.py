@@ -31,6 +31,14 @@ DECLARED_IMAGES_HEADER: Final = "x-detect-images"
 # whose route for each group sends the call to that group's cluster.
 GROUP_HEADER: Final = "x-detect-group"
 
+# Caller identity set by Envoy's front (from the client certificate under mTLS).
+CLIENT_ID_HEADER: Final = "x-client-id"
+
+# Experiments: the key a caller's variant sticks to (else its client identity), and the
+# variant a permitted client forces (tests, debugging).
+ROUTING_KEY_HEADER: Final = "x-detect-routing-key"
+VARIANT_HEADER: Final = "x-detect-variant"
+
 # Detector outputs: tensor name -> KServe v2 datatype. Row r of a batched answer is image r.
 NUM_DETECTIONS: Final = "num_detections"
 DETECTION_BOXES: Final = "detection_boxes"

@@ -33,9 +33,11 @@ from .batcher import MicroBatcher
 from .cache import Lookup, ResultCache, cache_key
 from .catalogue import Catalogue
 from .errors import ProxyError, invalid
+from .experiments import Experiments
 from .image_header import ImageInfo, ImageLimits, ImageRejected, inspect
 from .models import DetectorModel, Image
-from .observed import CallObserver, Context
+from .observed import CallObserver, Context, note_version
+from .shadow import ShadowTraffic
 from .streaming import answer_stream
 from .telemetry import Telemetry
 
@@ -114,7 +116,7 @@ class DetectorService:
     def __init__(self, catalogue: Catalogue, admission: Admission, batcher: MicroBatcher,
                  cache: ResultCache, limits: ImageLimits, default_model: str,
                  default_timeout_s: float, max_batch_images: int, stream: StreamLimits,
-                 telemetry: Telemetry) -> None:
+                 experiments: Experiments, shadow: ShadowTraffic, telemetry: Telemetry) -> None:
         self._catalogue = catalogue
         self._admission = admission
         self._batcher = batcher
@@ -124,6 +126,8 @@ class DetectorService:
         self._default_timeout_s = default_timeout_s
         self._max_batch_images = max_batch_images
         self._stream = stream
+        self._experiments = experiments
+        self._shadow = shadow
         self._telemetry = telemetry
 
     async def Detect(self, parsed: Parsed | None,
@@ -134,9 +138,11 @@ class DetectorService:
         request, image = parsed
         validate_fields(request)
         info = self._inspect(image)
-        model = await self._catalogue.get(self.model_name(request))
+        model = self._choose(await self._catalogue.get(self.model_name(request)),
+                             request.model_version, context)
         answer = await self._whole_answer(model, image, info, request.skip_cache,
                                           self._budget(context))
+        note_version(answer.model_version, answer.variant)
         return select(answer, request)
 
     async def DetectBatch(self, request: detect_pb2.DetectBatchRequest | None,
@@ -155,9 +161,11 @@ class DetectorService:
                           f"{declared}: declare every image (rate limits count them)")
         options = detect_pb2.DetectRequest(
             model=request.model, min_score=request.min_score,
-            max_detections=request.max_detections, skip_cache=request.skip_cache)
+            max_detections=request.max_detections, skip_cache=request.skip_cache,
+            model_version=request.model_version)
         validate_fields(options)
-        model = await self._catalogue.get(self.model_name(options))
+        model = self._choose(await self._catalogue.get(self.model_name(options)),
+                             options.model_version, context)
         results = [detect_pb2.DetectResult() for _ in request.images]
         valid: list[tuple[int, ImageInfo]] = []
         for i, image in enumerate(request.images):
@@ -232,7 +240,8 @@ class DetectorService:
         try:
             validate_fields(request)
             info = self._inspect(request.image)
-            model = await self._catalogue.get(model_name)
+            model = self._choose(await self._catalogue.get(model_name), request.model_version,
+                                 context)
             budget = self._budget(context, cap_s=self._default_timeout_s)
             answer = await self._whole_answer(model, request.image, info, request.skip_cache,
                                               budget)
@@ -255,6 +264,16 @@ class DetectorService:
     def model_name(self, request: detect_pb2.DetectRequest) -> str:
         return request.model or self._default_model
 
+    def _choose(self, model: DetectorModel, pinned: str, context: Context) -> DetectorModel:
+        """The model at the version the call pinned, or its experiment picks for the caller."""
+        client = _metadata(context, contract.CLIENT_ID_HEADER)
+        key = _metadata(context, contract.ROUTING_KEY_HEADER) or client
+        choice = self._experiments.choose(model.name, pinned, key, client,
+                                          _metadata(context, contract.VARIANT_HEADER))
+        if choice.variant:
+            note_version(choice.version, choice.variant)
+        return model.at(choice.version, choice.variant)
+
     def _inspect(self, image: Image) -> ImageInfo:
         self._telemetry.image_size.record(len(image))
         try:
@@ -268,14 +287,19 @@ class DetectorService:
         """The model's whole answer for one image: cached, or from the model server."""
         async def infer() -> detect_pb2.DetectResponse:
             async with self._admitted(budget):
-                result, row = await self._send(model, image, budget)
+                with self._experiments.outcome(model.name, model.variant):
+                    result, row = await self._send(model, image, budget)
             return build_response(result, row, model, info)
 
         if not self._cache.enabled:
-            return await infer()
-        lookup = await self._lookup(model, image, skip_cache)
-        data = await self._cache.answer(lookup, lambda: _serialized(infer()))
-        return detect_pb2.DetectResponse.FromString(data)
+            answer = await infer()
+        else:
+            lookup = await self._lookup(model, image, skip_cache)
+            data = await self._cache.answer(lookup, lambda: _serialized(infer()))
+            answer = detect_pb2.DetectResponse.FromString(data)
+            answer.variant = model.variant  # the cached answer may have come from another
+        self._shadow.offer(model, image, info, answer)
+        return answer
 
     async def _whole_answers(self, model: DetectorModel, images: list[tuple[Image, ImageInfo]],
                              skip_cache: bool, budget: Budget
@@ -288,12 +312,15 @@ class DetectorService:
             lookups = [await self._lookup(model, image, skip_cache) for image, _ in images]
             for i, data in enumerate(await self._cache.get_many(lookups)):
                 if data is not None:
-                    answers[i] = detect_pb2.DetectResponse.FromString(data)
+                    cached = answers[i] = detect_pb2.DetectResponse.FromString(data)
+                    cached.variant = model.variant
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if missing:
             async with self._admitted(budget):
-                outcomes = await self._batcher.submit_batch(
-                    model, [images[i][0] for i in missing], budget.deadline, budget.request_id)
+                with self._experiments.outcome(model.name, model.variant):
+                    outcomes = await self._batcher.submit_batch(
+                        model, [images[i][0] for i in missing], budget.deadline,
+                        budget.request_id)
             for i, outcome in zip(missing, outcomes, strict=True):
                 if isinstance(outcome, ProxyError):
                     answers[i] = outcome
@@ -305,8 +332,9 @@ class DetectorService:
 
     async def _lookup(self, model: DetectorModel, image: Image, skip_cache: bool) -> Lookup:
         resolved = await self._catalogue.resolved(model.name)
-        return Lookup(cache_key(image, model.name, resolved.version, resolved.epoch),
-                      model.name, resolved.version, skip_cache)
+        version = model.version or resolved.version
+        return Lookup(cache_key(image, model.name, version, resolved.epoch),
+                      model.name, version, skip_cache)
 
     def _count_images(self, method: str, model: str,
                       results: list[detect_pb2.DetectResult]) -> None:
@@ -337,7 +365,10 @@ class DetectorService:
         try:
             return await self._batcher.submit(model, image, budget.deadline, budget.request_id)
         except ProxyError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:  # the model went away since
+            if exc.code == grpc.StatusCode.NOT_FOUND:  # the model (version) went away since
+                if model.version:
+                    raise await self._catalogue.version_not_found(model.name,
+                                                                  model.version) from None
                 raise await self._catalogue.not_found(model.name) from None
             raise
 

@@ -35,17 +35,28 @@ class RequestTemplate:
     """Serialized ModelInfer requests for one model: one BYTES input, named outputs."""
 
     def __init__(self, model_name: str, input_name: str, batching: bool,
-                 outputs: tuple[str, ...]) -> None:
+                 outputs: tuple[str, ...], version: str = "") -> None:
         self.model_name = model_name
         self.input_name = input_name
         self.batching = batching
         self.outputs = outputs
+        self.version = version
         self._heads: dict[int, bytes] = {}
+        self._versions: dict[str, RequestTemplate] = {version: self}
+
+    def at(self, version: str) -> RequestTemplate:
+        """The same requests for ``version`` of the model ("" for the server's pick)."""
+        template = self._versions.get(version)
+        if template is None:
+            template = self._versions[version] = RequestTemplate(
+                self.model_name, self.input_name, self.batching, self.outputs, version)
+        return template
 
     def _head(self, rows: int) -> bytes:
         head = self._heads.get(rows)
         if head is None:
-            request = pb.ModelInferRequest(model_name=self.model_name)
+            request = pb.ModelInferRequest(model_name=self.model_name,
+                                           model_version=self.version)
             request.inputs.add(name=self.input_name, datatype="BYTES",
                                shape=[rows, 1] if self.batching else [1])
             for name in self.outputs:

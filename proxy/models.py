@@ -8,7 +8,7 @@ caller naming a pipeline step gets a clear answer rather than someone else's ten
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
@@ -31,9 +31,18 @@ class DetectorModel:
     max_batch_size: int
     labels: tuple[str, ...]
     request: RequestTemplate
+    version: str = ""  # "": the version the model server picks (its version policy)
+    variant: str = ""  # the experiment variant that chose ``version``, if any
 
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else ""
+
+    def at(self, version: str, variant: str = "") -> DetectorModel:
+        """This model, called at ``version`` ("" for the server's pick)."""
+        if version == self.version and variant == self.variant:
+            return self
+        return replace(self, version=version, variant=variant,
+                       request=self.request.at(version))
 
 
 def _contract_errors(inputs: dict[str, str], outputs: dict[str, str]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -56,6 +57,19 @@ class _Call:
     start: float = field(default_factory=time.perf_counter)
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
+    version: str = ""
+    variant: str = ""
+
+
+_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("call", default=None)
+
+
+def note_version(version: str, variant: str) -> None:
+    """The model version (and experiment variant) answering the call being handled, for its
+    metrics and log line."""
+    call = _current.get()
+    if call is not None:
+        call.version, call.variant = version, variant
 
 
 class CallObserver:
@@ -75,6 +89,7 @@ class CallObserver:
                 service: str = contract.SERVICE) -> Handler[Request, Response]:
         async def observed(request: Request, context: Context) -> Response:
             call = self._start(method, request, context, service)
+            _current.set(call)  # each call runs in its own task
             with self._outcome(call, context), trace.use_span(call.span, end_on_exit=False):
                 self._admit()
                 return await handler(request, context)
@@ -88,6 +103,7 @@ class CallObserver:
         async def observed(requests: AsyncIterator[Request],
                            context: Context) -> AsyncIterator[Response]:
             call = self._start(method, requests, context)
+            _current.set(call)
             with self._outcome(call, context):
                 self._admit()
                 async for response in handler(requests, context):
@@ -139,7 +155,8 @@ class CallObserver:
         duration_ms = (time.perf_counter() - call.start) * 1000
         model = call.model
         label = model if not model or self._known_model(model) else "(unknown)"
-        self._telemetry.record_call(call.method, label, call.code, duration_ms)
+        self._telemetry.record_call(call.method, label, call.version, call.variant, call.code,
+                                    duration_ms)
         span = call.span
         span.set_attribute("rpc.grpc.status_code", call.code.value[0])
         if call.code != grpc.StatusCode.OK:
@@ -148,8 +165,9 @@ class CallObserver:
         if log.isEnabledFor(logging.INFO):
             log.info(call.method, extra={"fields": {
                 "request_id": str(call.metadata.get("x-request-id", "")), "model": model,
-                "code": call.code.name, "duration_ms": round(duration_ms, 3),
-                "client": call.metadata.get("x-client-id", ""),
+                "version": call.version, "variant": call.variant, "code": call.code.name,
+                "duration_ms": round(duration_ms, 3),
+                "client": call.metadata.get(contract.CLIENT_ID_HEADER, ""),
                 "image_bytes": call.image_bytes,
                 "trace_id": f"{span.get_span_context().trace_id:032x}",
                 **({"error": call.message} if call.message else {})}})

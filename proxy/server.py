@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter
+from tritonclient.grpc import InferResult
 
 from detect.v1 import detect_pb2
 
@@ -19,12 +21,15 @@ from .cache import LocalTier, ResultCache
 from .catalogue import Catalogue
 from .config import ProxyConfig
 from .detector import DetectorService, StreamLimits, method_handlers
+from .experiments import Experiments
 from .health import ReadinessWatcher
+from .models import DetectorModel, Image
 from .observed import CallObserver
 from .operations import OperationsService
 from .operations import method_handlers as operations_handlers
 from .redis_tier import RedisTier
 from .router import Router
+from .shadow import ShadowTraffic
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -50,14 +55,24 @@ class DetectProxy:
             shared = RedisTier(config.redis_url, config.redis_timeout_ms / 1000,
                                config.redis_retry_ms / 1000, self.telemetry)
         self.cache = ResultCache(config.cache_ttl_s, local, shared, self.telemetry)
+        self.experiments = Experiments(config.experiments, config.experiments_refresh_ms / 1000)
+        batcher = MicroBatcher(self.router, config.batch_max_wait_us / 1e6, config.batch_max_size)
+
+        def shadow_send(model: DetectorModel, image: Image,
+                        timeout_s: float) -> Awaitable[tuple[InferResult, int]]:
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            return batcher.submit(model, image, deadline, "")
+
+        self.shadow = ShadowTraffic(self.experiments, shadow_send,
+                                    lambda: self.admission.queued > 0,
+                                    config.upstream_timeout_ms / 1000, self.telemetry)
         self.service = DetectorService(
-            self.catalogue, self.admission,
-            MicroBatcher(self.router, config.batch_max_wait_us / 1e6, config.batch_max_size),
+            self.catalogue, self.admission, batcher,
             self.cache, config.image_limits, config.default_model,
             config.upstream_timeout_ms / 1000, config.max_batch_images,
             StreamLimits(config.stream_window, config.stream_max_images,
                          config.stream_max_duration_s),
-            self.telemetry)
+            self.experiments, self.shadow, self.telemetry)
         self._refresher: asyncio.Task[None] | None = None
         self.observer = CallObserver(self.telemetry, config.max_in_flight, self._describe,
                                      self.catalogue.known)
@@ -93,6 +108,23 @@ class DetectProxy:
                 "detect.group.serves", "1 for each model a Triton group serves (the routing "
                 "table)",
                 lambda: [(1, {"group": g.name, "model": m}) for g in groups for m in g.served])
+        self.telemetry.observe(
+            "detect.experiment.weight", "each experiment variant's weight in force (0 while "
+            "its guard holds it out of the split)",
+            lambda: [(v.weight, {"model": e.model, "variant": v.name, "version": v.version})
+                     for e in self.experiments.by_model.values()
+                     for v in self.experiments.active(e)])
+        self.telemetry.observe(
+            "detect.experiment.guarded", "1 for each experiment variant its guard took out of "
+            "the split (an operator puts it back)",
+            lambda: [(1 if (e.model, v.name) in self.experiments.guarded else 0,
+                      {"model": e.model, "variant": v.name, "version": v.version})
+                     for e in self.experiments.by_model.values() for v in e.variants])
+        self.telemetry.observe(
+            "detect.experiment.reloads", "re-reads of the experiments file that changed it, by "
+            "outcome: applied, invalid (kept the experiments in force) or unreadable",
+            lambda: [(n, {"outcome": outcome})
+                     for outcome, n in self.experiments.reloads.items()])
         self.telemetry.observe(
             "detect.admission.queued", "calls waiting in the proxy for an upstream slot",
             lambda: [(self.admission.queued, {})])
@@ -143,6 +175,7 @@ class DetectProxy:
         if not self.config.listen.startswith("unix:"):
             self.address = f"{self.config.listen.rsplit(':', 1)[0]}:{port}"
         await self.router.start()
+        self.experiments.start()
         await self.watcher.update()  # report the true state from the first Check on
         self.watcher.start()
         if self.cache.enabled:
@@ -162,6 +195,8 @@ class DetectProxy:
         await self.server.stop(self.config.shutdown_grace_s)
         if self._refresher is not None:
             self._refresher.cancel()
+        await self.shadow.close()
+        await self.experiments.close()
         await self.cache.close()
         await self.router.close()
         self.telemetry.shutdown()

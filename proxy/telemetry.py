@@ -38,6 +38,9 @@ CACHE_MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100)
 MS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
 BYTES_BUCKETS = (1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22, 1 << 23)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+SHARE_BUCKETS = (0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+COUNT_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
+SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 TRACE_EXPORTERS = ("none", "console")
 
@@ -66,6 +69,12 @@ class Telemetry:
                      aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS)),
                 View(instrument_name="detect.cache.lookup_duration",
                      aggregation=ExplicitBucketHistogramAggregation(CACHE_MS_BUCKETS)),
+                View(instrument_name="detect.shadow.matched",
+                     aggregation=ExplicitBucketHistogramAggregation(SHARE_BUCKETS)),
+                View(instrument_name="detect.shadow.count_difference",
+                     aggregation=ExplicitBucketHistogramAggregation(COUNT_BUCKETS)),
+                View(instrument_name="detect.shadow.score_drift",
+                     aggregation=ExplicitBucketHistogramAggregation(SCORE_BUCKETS)),
             ])
         meter = self.provider.get_meter("detect-proxy")
         self.duration = meter.create_histogram(
@@ -98,6 +107,19 @@ class Telemetry:
         self.group_calls = meter.create_counter(
             "detect.group.calls", description="Triton calls routed to each group, by model and "
             "status code (a call re-routed after its group lost the model counts twice)")
+        self.shadow_calls = meter.create_counter(
+            "detect.shadow.calls", description="calls also sent to an experiment's candidate "
+            "version, by outcome: its status code, or skipped (at capacity, or at the shadow's "
+            "concurrency limit)")
+        self.shadow_matched = meter.create_histogram(
+            "detect.shadow.matched", description="share of the primary answer's detections the "
+            "shadow candidate also found (same class, IoU >= 0.5), per compared call")
+        self.shadow_count_difference = meter.create_histogram(
+            "detect.shadow.count_difference", description="difference in the number of "
+            "detections between the primary and the shadow answer, per compared call")
+        self.shadow_score_drift = meter.create_histogram(
+            "detect.shadow.score_drift", description="mean score difference of the matched "
+            "detections of the primary and the shadow answer, per compared call")
         self._meter = meter
 
         self.tracer_provider = TracerProvider(resource=resource)
@@ -117,11 +139,12 @@ class Telemetry:
             return [metrics.Observation(value, attributes) for value, attributes in read()]
         self._meter.create_observable_gauge(name, callbacks=[callback], description=description)
 
-    def record_call(self, method: str, model: str, code: grpc.StatusCode,
-                    duration_ms: float) -> None:
+    def record_call(self, method: str, model: str, version: str, variant: str,
+                    code: grpc.StatusCode, duration_ms: float) -> None:
         self.duration.record(duration_ms, {
             "rpc.system": "grpc", "rpc.service": contract.SERVICE, "rpc.method": method,
-            "rpc.grpc.status_code": code.value[0], "status": code.name, "model": model})
+            "rpc.grpc.status_code": code.value[0], "status": code.name, "model": model,
+            "version": version, "variant": variant})
 
     @staticmethod
     def extract(metadata: Mapping[str, str | bytes]) -> Context:

@@ -1,0 +1,368 @@
+"""Experiments: which version of a model answers a call, and the guard that stops a bad one.
+
+An experiment splits one model's calls between weighted variants, each a Triton version of
+the model. Assignment is sticky and needs no state: a caller's key (its routing key header,
+else the client identity Envoy sets) hashed with the experiment's salt gives a point in
+[0, 1), and the variants own consecutive ranges of it in the file's order. Moving weight
+from one variant to the next therefore moves only the keys in the range that changed hands;
+changing the salt reshuffles everyone. A call without a key gets a random point.
+
+The guard watches each variant's upstream outcomes over a sliding window; a variant whose
+error rate or p99 latency breaks the experiment's bounds (with enough calls to judge) is
+taken out of the split: its keys spread over the remaining variants until an operator puts
+it back. Each proxy judges its own traffic.
+
+The file (TOML, one table per model) is re-read when it changes; a file that does not parse
+or validate is logged and counted, and the previous experiments stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from .errors import ProxyError, invalid
+
+log = logging.getLogger(__name__)
+
+# Codes that say nothing about the variant: the caller's own mistakes, and calls it left.
+NOT_THE_VARIANTS_FAULT = frozenset({grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
+                                    grpc.StatusCode.CANCELLED})
+
+
+class ExperimentError(ValueError):
+    """The experiments file is not valid; the message says where."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    version: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Shadow:
+    version: str  # the candidate version every sampled call is also sent to
+    fraction: float  # share of the model's calls that are shadowed, in [0, 1]
+    max_concurrency: int  # shadow calls in flight at most; more are skipped
+
+
+@dataclass(frozen=True)
+class Guard:
+    window_s: float
+    min_calls: int  # calls in the window before the guard judges a variant
+    max_error_rate: float  # in [0, 1]; 1 disables the error bound
+    max_p99_ms: float  # 0 disables the latency bound
+
+
+@dataclass(frozen=True)
+class Experiment:
+    model: str
+    salt: str
+    variants: tuple[Variant, ...]
+    force_clients: frozenset[str] = frozenset()
+    shadow: Shadow | None = None
+    guard: Guard | None = None
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+@dataclass(frozen=True)
+class Choice:
+    version: str  # "" lets the model server pick
+    variant: str  # "" when no experiment chose
+
+
+def bucket(salt: str, key: str) -> float:
+    """The caller's point in [0, 1): stable across processes and restarts."""
+    digest = hashlib.sha256(f"{salt}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign(variants: tuple[Variant, ...], point: float) -> Variant | None:
+    """The variant owning ``point``: variants own consecutive ranges, in order, sized by
+    weight (variants of weight 0 own none). None when every weight is 0."""
+    total = sum(v.weight for v in variants)
+    if total <= 0:
+        return None
+    edge = 0.0
+    for variant in variants:
+        edge += variant.weight / total
+        if variant.weight > 0 and point < edge:
+            return variant
+    return next(v for v in reversed(variants) if v.weight > 0)  # rounding at the top end
+
+
+# --- the file -------------------------------------------------------------------------------
+
+def _get(table: dict[str, Any], where: str, key: str, kind: type, default: Any = None) -> Any:
+    value = table.get(key, default)
+    if value is None:
+        raise ExperimentError(f"{where}: '{key}' is required")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ExperimentError(f"{where}: '{key}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _version(where: str, value: str) -> str:
+    if not value.isdigit():
+        raise ExperimentError(f"{where}: version must be digits (a Triton version), "
+                              f"got {value!r}")
+    return value
+
+
+def _experiment(model: str, table: dict[str, Any]) -> Experiment:
+    where = f"[{model}]"
+    known = {"salt", "variants", "force_clients", "shadow", "guard"}
+    if unknown := sorted(set(table) - known):
+        raise ExperimentError(f"{where}: unknown keys {unknown}; expected {sorted(known)}")
+    salt = _get(table, where, "salt", str)
+    rows = _get(table, where, "variants", list)
+    if not rows:
+        raise ExperimentError(f"{where}: 'variants' is empty")
+    variants = []
+    for i, row in enumerate(rows):
+        at = f"{where} variants[{i}]"
+        if not isinstance(row, dict):
+            raise ExperimentError(f"{at}: must be a table with name, version, weight")
+        weight = _get(row, at, "weight", float)
+        if not math.isfinite(weight) or weight < 0:
+            raise ExperimentError(f"{at}: weight must be >= 0, got {weight}")
+        variants.append(Variant(_get(row, at, "name", str),
+                                _version(at, _get(row, at, "version", str)), weight))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names) or "" in names:
+        raise ExperimentError(f"{where}: variant names must be distinct and non-empty: {names}")
+    if sum(v.weight for v in variants) <= 0:
+        raise ExperimentError(f"{where}: at least one variant needs a weight above 0")
+    clients = _get(table, where, "force_clients", list, [])
+    if not all(isinstance(c, str) and c for c in clients):
+        raise ExperimentError(f"{where}: force_clients must be a list of client ids")
+    shadow = guard = None
+    if "shadow" in table:
+        s, at = _get(table, where, "shadow", dict), f"{where} shadow"
+        fraction = _get(s, at, "fraction", float)
+        if not 0 <= fraction <= 1:
+            raise ExperimentError(f"{at}: fraction must be in [0, 1], got {fraction}")
+        concurrency = _get(s, at, "max_concurrency", int, 8)
+        if concurrency < 1:
+            raise ExperimentError(f"{at}: max_concurrency must be >= 1, got {concurrency}")
+        shadow = Shadow(_version(at, _get(s, at, "version", str)), fraction, concurrency)
+    if "guard" in table:
+        g, at = _get(table, where, "guard", dict), f"{where} guard"
+        guard = Guard(_get(g, at, "window_s", float, 60.0), _get(g, at, "min_calls", int, 20),
+                      _get(g, at, "max_error_rate", float, 1.0),
+                      _get(g, at, "max_p99_ms", float, 0.0))
+        if guard.window_s <= 0 or guard.min_calls < 1 or not 0 <= guard.max_error_rate <= 1 \
+                or guard.max_p99_ms < 0:
+            raise ExperimentError(f"{at}: need window_s > 0, min_calls >= 1, max_error_rate "
+                                  f"in [0, 1], max_p99_ms >= 0; got {guard}")
+    return Experiment(model, salt, tuple(variants), frozenset(clients), shadow, guard)
+
+
+def parse(text: str) -> dict[str, Experiment]:
+    """Experiments by model from the file's text."""
+    try:
+        tables = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ExperimentError(f"not valid TOML: {exc}") from None
+    experiments = {}
+    for model, table in tables.items():
+        if not isinstance(table, dict):
+            raise ExperimentError(f"'{model}': expected a table per model, got {table!r}")
+        experiments[model] = _experiment(model, table)
+    return experiments
+
+
+# --- the guard ------------------------------------------------------------------------------
+
+@dataclass
+class _Window:
+    outcomes: collections.deque[tuple[float, bool, float]] = field(
+        default_factory=collections.deque)  # (when, failed, latency_s)
+
+    def add(self, now: float, failed: bool, latency_s: float, window_s: float) -> None:
+        self.outcomes.append((now, failed, latency_s))
+        while self.outcomes and self.outcomes[0][0] < now - window_s:
+            self.outcomes.popleft()
+
+    def breach(self, guard: Guard) -> str:
+        """Why the variant breaks the guard's bounds; "" when it does not (or too few calls)."""
+        calls = len(self.outcomes)
+        if calls < guard.min_calls:
+            return ""
+        errors = sum(failed for _, failed, _ in self.outcomes) / calls
+        if errors > guard.max_error_rate:
+            return f"error rate {errors:.1%} > {guard.max_error_rate:.1%} over {calls} calls"
+        if guard.max_p99_ms:
+            latencies = sorted(latency for _, _, latency in self.outcomes)
+            p99_ms = latencies[min(calls - 1, math.ceil(0.99 * calls) - 1)] * 1000
+            if p99_ms > guard.max_p99_ms:
+                return f"p99 latency {p99_ms:.0f} ms > {guard.max_p99_ms:.0f} ms over {calls} calls"
+        return ""
+
+
+class Experiments:
+    """The experiments in force, their reloads, assignment and the guard."""
+
+    def __init__(self, path: str, refresh_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self.by_model: dict[str, Experiment] = {}
+        self.guarded: dict[tuple[str, str], str] = {}  # (model, variant) -> why
+        self.reloads: collections.Counter[str] = collections.Counter()  # by outcome
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._text = ""
+        self._task: asyncio.Task[None] | None = None
+        if path:
+            self._text = Path(path).read_text()
+            self.by_model = parse(self._text)  # a bad file at start stops the proxy
+            log.info("experiments from %s: %s", path, self.describe())
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"{e.model}: " + ", ".join(f"{v.name}=v{v.version}x{v.weight:g}" for v in e.variants)
+            + (f", shadow v{e.shadow.version} at {e.shadow.fraction:g}" if e.shadow else "")
+            for e in self.by_model.values()) or "none"
+
+    def start(self) -> None:
+        if self.path and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the file; True when new experiments took effect."""
+        try:
+            text = Path(self.path).read_text()
+        except OSError as exc:
+            if self._text != "\0unreadable":
+                log.error("experiments file %s unreadable (%s); keeping the experiments in "
+                          "force", self.path, exc)
+                self.reloads["unreadable"] += 1
+                self._text = "\0unreadable"
+            return False
+        if text == self._text:
+            return False
+        self._text = text
+        try:
+            experiments = parse(text)
+        except ExperimentError as exc:
+            log.error("experiments file %s rejected: %s; keeping the experiments in force",
+                      self.path, exc)
+            self.reloads["invalid"] += 1
+            return False
+        self.by_model = experiments
+        self.reloads["applied"] += 1
+        log.info("experiments reloaded from %s: %s", self.path, self.describe())
+        return True
+
+    def choose(self, model: str, pinned: str, key: str, client: str, forced: str) -> Choice:
+        """The version and variant for a call. ``pinned``: the request's model_version;
+        ``key``: what makes the choice sticky; ``forced``: a variant the caller asks for,
+        allowed only to the experiment's force_clients."""
+        if pinned:
+            if not pinned.isdigit():
+                raise invalid(f"model_version must be digits, e.g. \"2\", got {pinned[:20]!r}")
+            return Choice(pinned, "")
+        experiment = self.by_model.get(model)
+        if forced:
+            if experiment is None:
+                raise invalid(f"model '{model}' has no experiment to force variant "
+                              f"'{forced[:40]}' in")
+            if client not in experiment.force_clients:
+                raise ProxyError(grpc.StatusCode.PERMISSION_DENIED,
+                                 f"client '{client[:60]}' may not force a variant of "
+                                 f"model '{model}'")
+            variant = experiment.variant(forced)
+            if variant is None:
+                raise invalid(f"model '{model}' has no variant '{forced[:40]}'; variants: "
+                              f"{', '.join(v.name for v in experiment.variants)}")
+            return Choice(variant.version, variant.name)
+        if experiment is None:
+            return Choice("", "")
+        point = bucket(experiment.salt, key) if key else random.random()
+        variant = assign(self.active(experiment), point)
+        if variant is None:  # every variant guarded: the model's own default answers
+            return Choice("", "")
+        return Choice(variant.version, variant.name)
+
+    def active(self, experiment: Experiment) -> tuple[Variant, ...]:
+        """The split in force: a guarded variant's weight is 0."""
+        return tuple(Variant(v.name, v.version, 0.0)
+                     if (experiment.model, v.name) in self.guarded else v
+                     for v in experiment.variants)
+
+    def record(self, model: str, variant: str, code: grpc.StatusCode, latency_s: float) -> None:
+        """An upstream outcome of ``variant``: the guard's evidence."""
+        experiment = self.by_model.get(model)
+        if not variant or experiment is None or experiment.guard is None \
+                or code == grpc.StatusCode.CANCELLED:
+            return
+        guard = experiment.guard
+        window = self._windows.setdefault((model, variant), _Window())
+        window.add(self._clock(), code not in NOT_THE_VARIANTS_FAULT, latency_s, guard.window_s)
+        if (model, variant) in self.guarded:
+            return
+        why = window.breach(guard)
+        if why:
+            self.guarded[(model, variant)] = why
+            log.warning("experiment %s: variant %s taken out of the split: %s; an operator "
+                        "puts it back (detect ops restore)", model, variant, why)
+
+    @contextlib.contextmanager
+    def outcome(self, model: str, variant: str) -> Iterator[None]:
+        """Times the upstream work in the block and records how it ended for ``variant``."""
+        if not variant:
+            yield
+            return
+        start, code = self._clock(), grpc.StatusCode.OK
+        try:
+            yield
+        except ProxyError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.record(model, variant, code, self._clock() - start)
+
+    def restore(self, model: str, variant: str) -> str:
+        """Put a guarded variant back into the split (an operator's decision)."""
+        experiment = self.by_model.get(model)
+        if experiment is None or experiment.variant(variant) is None:
+            raise ProxyError(grpc.StatusCode.NOT_FOUND,
+                             f"no variant '{variant}' in an experiment of model '{model}'")
+        why = self.guarded.pop((model, variant), "")
+        self._windows.pop((model, variant), None)
+        if why:
+            log.warning("experiment %s: variant %s put back into the split by an operator",
+                        model, variant)
+        return why
