@@ -1,7 +1,8 @@
 """The detection models callers may use, learned from the model server and cached.
 
 Which models are exposed is configured: a list of names, or by default every ensemble the
-server has (the detectors; their pipeline steps and single benchmark models stay hidden). A
+server has and every model whose config asks to be (``contract.EXPOSE_PARAMETER``): the
+detectors; their pipeline steps and single benchmark models stay hidden. A
 hidden model is answered exactly like a missing one, NOT_FOUND listing what exists, so
 callers never meet a pipeline step's internal tensors. Entries are dropped when the server
 stops knowing a model, so newly deployed models are found without a restart.
@@ -25,6 +26,7 @@ import grpc
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
+from . import contract
 from .errors import ProxyError
 from .models import DetectorModel, from_config, from_metadata
 
@@ -62,7 +64,7 @@ def _version_order(version: str) -> tuple[int, str]:
 class Catalogue:
     def __init__(self, upstream: ModelServer, exposed: tuple[str, ...] = (),
                  deployment_epoch: str = "") -> None:
-        """``exposed``: the model names callers may use; empty: every ensemble."""
+        """``exposed``: the model names callers may use; empty: the detectors (see above)."""
         self._upstream = upstream
         self._exposed = frozenset(exposed)
         self._epoch = deployment_epoch
@@ -151,8 +153,12 @@ class Catalogue:
         return ProxyError(grpc.StatusCode.NOT_FOUND,
                           f"model '{name}' is not served; available models: {listing}")
 
-    def _exposes(self, name: str, platform: str) -> bool:
-        return name in self._exposed if self._exposed else platform == ENSEMBLE
+    def _exposes(self, name: str, platform: str, config: mc.ModelConfig | None = None) -> bool:
+        if self._exposed:
+            return name in self._exposed
+        asks = config is not None and contract.EXPOSE_PARAMETER in config.parameters and \
+            config.parameters[contract.EXPOSE_PARAMETER].string_value.lower() == "true"
+        return platform == ENSEMBLE or asks
 
     async def _describe(self, name: str) -> DetectorModel | None:
         """The model, None when the server lacks it or it is not exposed; INVALID_ARGUMENT
@@ -167,7 +173,7 @@ class Catalogue:
             if exc.code != grpc.StatusCode.UNIMPLEMENTED:
                 raise
         else:
-            return from_config(config) if self._exposes(name, config.platform) else None
+            return from_config(config) if self._exposes(name, config.platform, config) else None
         try:
             metadata = await self._upstream.model_metadata(name)
         except ProxyError as err:

@@ -39,6 +39,11 @@ CLIENT_ID_HEADER: Final = "x-client-id"
 ROUTING_KEY_HEADER: Final = "x-detect-routing-key"
 VARIANT_HEADER: Final = "x-detect-variant"
 
+# Model config parameter by which a detector that is not an ensemble (e.g. a Python-backend
+# pipeline) asks to be exposed to callers by default: parameters { key: "expose" value: {
+# string_value: "true" } }.
+EXPOSE_PARAMETER: Final = "expose"
+
 # Detector outputs: tensor name -> KServe v2 datatype. Row r of a batched answer is image r.
 NUM_DETECTIONS: Final = "num_detections"
 DETECTION_BOXES: Final = "detection_boxes"

@@ -12,13 +12,15 @@ from detect.v1 import operations_pb2 as ops
 
 from . import contract
 from .errors import ProxyError
+from .experiments import Experiments
 from .observed import CallObserver, Context
 from .router import Router
 
 
 class OperationsService:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, experiments: Experiments) -> None:
         self._router = router
+        self._experiments = experiments
 
     async def ListGroups(self, request: ops.ListGroupsRequest,
                          context: Context) -> ops.ListGroupsResponse:
@@ -48,6 +50,29 @@ class OperationsService:
         return ops.ModelControlResponse(served_by=self._router.served_by(model),
                                         replicas=replicas)
 
+    async def ListExperiments(self, request: ops.ListExperimentsRequest,
+                              context: Context) -> ops.ListExperimentsResponse:
+        response = ops.ListExperimentsResponse()
+        for experiment in self._experiments.by_model.values():
+            shadow = experiment.shadow
+            response.experiments.add(
+                model=experiment.model, salt=experiment.salt,
+                shadow_version=shadow.version if shadow else "",
+                shadow_fraction=shadow.fraction if shadow else 0.0,
+                variants=[ops.ExperimentVariant(
+                    name=v.name, version=v.version, weight=v.weight,
+                    guarded=self._experiments.guarded.get((experiment.model, v.name), ""))
+                    for v in experiment.variants])
+        return response
+
+    async def RestoreVariant(self, request: ops.RestoreVariantRequest,
+                             context: Context) -> ops.RestoreVariantResponse:
+        if not request.model or not request.variant:
+            raise ProxyError(grpc.StatusCode.INVALID_ARGUMENT,
+                             "name the model and the variant (ListExperiments lists them)")
+        return ops.RestoreVariantResponse(
+            was_guarded=self._experiments.restore(request.model, request.variant))
+
 
 def _target(request: ops.ModelControlRequest) -> tuple[str, str]:
     if not request.model or not request.group:
@@ -71,4 +96,12 @@ def method_handlers(service: OperationsService, observer: CallObserver) -> grpc.
             observer.observe("UnloadModel", service.UnloadModel, name),
             request_deserializer=ops.ModelControlRequest.FromString,
             response_serializer=ops.ModelControlResponse.SerializeToString),
+        "ListExperiments": grpc.unary_unary_rpc_method_handler(
+            observer.observe("ListExperiments", service.ListExperiments, name),
+            request_deserializer=ops.ListExperimentsRequest.FromString,
+            response_serializer=ops.ListExperimentsResponse.SerializeToString),
+        "RestoreVariant": grpc.unary_unary_rpc_method_handler(
+            observer.observe("RestoreVariant", service.RestoreVariant, name),
+            request_deserializer=ops.RestoreVariantRequest.FromString,
+            response_serializer=ops.RestoreVariantResponse.SerializeToString),
     })

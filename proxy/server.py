@@ -85,7 +85,7 @@ class DetectProxy:
             ("grpc.so_reuseport", 0),
         ])
         self.address = ""
-        self.operations = OperationsService(self.router)
+        self.operations = OperationsService(self.router, self.experiments)
         groups = self.router.groups
         self.telemetry.observe(
             "detect.pool.channel_state", "connectivity of each pooled Triton connection "

@@ -169,6 +169,32 @@ def null_models(directory: Path, names: Iterable[str]) -> Path:
     return directory
 
 
+VERSIONED_DETECTOR = Path(__file__).with_name("models") / "versioned_detector.py"
+
+
+def versioned_models(directory: Path, versions: int = 4, shifted: Iterable[int] = (3,),
+                     failing: Iterable[int] = (4,)) -> Path:
+    """A model repository with ``versioned_detector``: versions 1..``versions`` served at
+    once, the same answer from each but the ``shifted`` ones (another box) and the
+    ``failing`` ones (every request fails)."""
+    import shutil
+
+    model = directory / "versioned_detector"
+    for version in range(1, versions + 1):
+        (model / str(version)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(VERSIONED_DETECTOR, model / str(version) / "model.py")
+    shutil.copy(MODEL_REPOSITORY / "null_detector" / "labels.txt", model / "labels.txt")
+    config = (MODEL_REPOSITORY / "null_detector" / "config.pbtxt").read_text()
+    config = config.replace('name: "null_detector"', 'name: "versioned_detector"')
+    config += (f"version_policy: {{ all {{ }} }}\n"
+               f'parameters {{ key: "shifted_versions" value: {{ string_value: '
+               f'"{",".join(map(str, shifted))}" }} }}\n'
+               f'parameters {{ key: "failing_versions" value: {{ string_value: '
+               f'"{",".join(map(str, failing))}" }} }}\n')
+    (model / "config.pbtxt").write_text(config)
+    return directory
+
+
 def health_status(target: str, service: str = "", timeout: float = 2.0) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -3,6 +3,8 @@
     detect ops groups                           # groups, replicas, what each serves
     detect ops load object_detector --group gpu-b
     detect ops unload face_detector --group gpu-a
+    detect ops experiments                      # variants, weights, what the guard took out
+    detect ops restore object_detector candidate   # put a guarded variant back
 
 Through Envoy's front only an operator identity may call it (mTLS: --cert-file/--key-file of
 a client Envoy lists with --operator-client); on the proxy's host, ``--plaintext --target
@@ -23,13 +25,15 @@ from detect.v1 import operations_pb2, operations_pb2_grpc
 from detect_client.cli import _error, add_connection_options, connection, to_dict
 
 GROUPS, LOAD, UNLOAD = "groups", "load", "unload"
+EXPERIMENTS, RESTORE = "experiments", "restore"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detect ops", description=__doc__.split("\n\n")[0]
                                      if __doc__ else None)
-    parser.add_argument("action", choices=(GROUPS, LOAD, UNLOAD))
-    parser.add_argument("model", nargs="?", help="the model to load or unload")
+    parser.add_argument("action", choices=(GROUPS, LOAD, UNLOAD, EXPERIMENTS, RESTORE))
+    parser.add_argument("model", nargs="?", help="the model to load, unload or restore")
+    parser.add_argument("variant", nargs="?", help="restore: the variant to put back")
     parser.add_argument("--group", help="the group to load it on or unload it from")
     add_connection_options(parser)
     parser.add_argument("--timeout", type=float, default=120.0,
@@ -53,11 +57,25 @@ def print_groups(reply: operations_pb2.ListGroupsResponse) -> None:
             print(f"  {replica.address}: {models or 'no models'}")
 
 
+def print_experiments(reply: operations_pb2.ListExperimentsResponse) -> None:
+    if not reply.experiments:
+        print("no experiments")
+    for experiment in reply.experiments:
+        shadow = (f", shadow: version {experiment.shadow_version} at "
+                  f"{experiment.shadow_fraction:g}" if experiment.shadow_version else "")
+        print(f"{experiment.model} (salt {experiment.salt}{shadow})")
+        for v in experiment.variants:
+            state = f"GUARDED: {v.guarded}" if v.guarded else "in the split"
+            print(f"  {v.name}: version {v.version}, weight {v.weight:g}, {state}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.action != GROUPS and not (args.model and args.group):
+    if args.action in (LOAD, UNLOAD) and not (args.model and args.group):
         parser.error(f"{args.action} needs a MODEL and --group")
+    if args.action == RESTORE and not (args.model and args.variant):
+        parser.error("restore needs a MODEL and a VARIANT")
     try:
         with connection(args) as channel:
             stub = operations_pb2_grpc.OperationsStub(channel)
@@ -67,6 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(json.dumps(to_dict(reply)))
                 else:
                     print_groups(reply)
+                return 0
+            if args.action == EXPERIMENTS:
+                listed = stub.ListExperiments(operations_pb2.ListExperimentsRequest(),
+                                              timeout=args.timeout)
+                if args.json:
+                    print(json.dumps(to_dict(listed)))
+                else:
+                    print_experiments(listed)
+                return 0
+            if args.action == RESTORE:
+                restored = stub.RestoreVariant(operations_pb2.RestoreVariantRequest(
+                    model=args.model, variant=args.variant), timeout=args.timeout)
+                print(f"{args.model} {args.variant}: back in the split"
+                      + (f" (it was out: {restored.was_guarded})" if restored.was_guarded
+                         else " (it was not out)"))
                 return 0
             request = operations_pb2.ModelControlRequest(model=args.model, group=args.group)
             method = stub.LoadModel if args.action == LOAD else stub.UnloadModel
