@@ -64,8 +64,8 @@ def autocomplete(config: mc.ModelConfig, dir_name: str) -> None:
         if not config.instance_group:
             config.instance_group.add()
         for i, group in enumerate(config.instance_group):
-            if not group.name:
-                group.name = f"{config.name}_{i}" if i else config.name
+            if not group.name:  # Triton's default: instances are named after it
+                group.name = f"{config.name}_{i}"
             if group.count < 1:
                 group.count = 1
             if group.kind == mc.ModelInstanceGroup.KIND_AUTO:

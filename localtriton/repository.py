@@ -36,7 +36,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from . import model_config
 from .backends import create_backend
-from .datatypes import CONFIG_TO_NUMPY, wire_name
+from .bls import RequestExecutor
+from .datatypes import CONFIG_TO_NUMPY, numpy_to_wire, wire_name
 from .ensemble import EnsembleScheduler
 from .errors import InferenceError, ModelConfigError
 from .request import InferRequest
@@ -55,6 +56,14 @@ UNLOADED = "unloaded"
 
 def _shape_text(dims) -> str:
     return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+def _type_name(dtype: np.dtype) -> str:
+    """A tensor's type in Triton's words ("FP32"), as a BLS caller's numpy array has it."""
+    try:
+        return numpy_to_wire(dtype)
+    except ValueError:
+        return str(dtype)
 
 
 class Model:
@@ -119,8 +128,8 @@ class Model:
             want = CONFIG_TO_NUMPY[declared.data_type]
             if array.dtype != want and not (want == np.object_ and array.dtype.kind in "OSU"):
                 raise InferenceError.invalid(
-                    f"inference input '{input_name}' data-type is '{array.dtype}', but model "
-                    f"'{name}' expects '{wire_name(declared.data_type)}'")
+                    f"inference input '{input_name}' data-type is '{_type_name(array.dtype)}', "
+                    f"but model '{name}' expects '{wire_name(declared.data_type)}'")
             shape = list(array.shape)
             dims = shape
             if self.batching:
@@ -159,18 +168,27 @@ class Model:
         return self.scheduler.pending if isinstance(self.scheduler, Scheduler) else 0
 
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        self.admit(request)
+        return await self.run(request)
+
+    def admit(self, request: InferRequest) -> None:
+        """What Triton checks before a request reaches the model's scheduler. A request
+        refused here never reached the model: Triton does not count it in the statistics,
+        and a BLS call reports the refusal apart from the model's own failures."""
         if self.stopping:
             # As in Triton: once shutdown begins, schedulers take no new requests, and that
             # includes the next step of an ensemble already in flight (retryable elsewhere).
             raise InferenceError.unavailable(
                 f"[request id: {request.request_id or '<id_unknown>'}] Server is stopping, "
                 "scheduler for model has stopped accepting new inference requests")
-        with self.hold():
-            return await self._infer(request)
-
-    async def _infer(self, request: InferRequest) -> dict[str, np.ndarray]:
-        # A request refused by validation never reached the model: Triton does not count it.
         self.validate(request)
+
+    async def run(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Schedule a request that ``admit`` accepted, and count it."""
+        with self.hold():
+            return await self._run(request)
+
+    async def _run(self, request: InferRequest) -> dict[str, np.ndarray]:
         start = time.perf_counter_ns()
         ok = False
         reason = FAILURE_OTHER if isinstance(self.scheduler, EnsembleScheduler) else FAILURE_BACKEND
@@ -275,6 +293,13 @@ class ModelRepository:
         # Loads and drains under way (the event loop keeps only weak references to tasks).
         self._loading: set[asyncio.Task[None]] = set()
         self._draining: set[asyncio.Task[None]] = set()
+        # Where Python models' BLS calls go; bound to the event loop that serves requests.
+        self._bls: RequestExecutor | None = None
+
+    def _executor(self, loop: asyncio.AbstractEventLoop) -> RequestExecutor:
+        if self._bls is None:
+            self._bls = RequestExecutor(self, loop)
+        return self._bls
 
     # ------------------------------------------------------------------ loading
 
@@ -369,7 +394,8 @@ class ModelRepository:
             for version in versions:
                 try:
                     backend = await loop.run_in_executor(
-                        None, create_backend, config, polled.directory, version)
+                        None, create_backend, config, polled.directory, version,
+                        self._executor(loop))
                 except Exception as exc:  # a model's own code may raise anything
                     reason = (str(exc) if isinstance(exc, ModelConfigError)
                               else f"{type(exc).__name__}: {exc}")

@@ -157,6 +157,14 @@ class Scheduler:
 
     async def close(self) -> None:
         self._task.cancel()
+        # Requests still queued (a BLS call from an execution that outlived the shutdown's
+        # grace period) fail rather than leave their callers waiting forever.
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(InferenceError.unavailable(
+                    f"[request id: {pending.request.request_id or '<id_unknown>'}] Server is "
+                    "stopping, scheduler for model has stopped accepting new inference requests"))
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._pool.shutdown(wait=True)

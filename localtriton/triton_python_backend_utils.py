@@ -2,14 +2,25 @@
 
 A model written against this module runs unchanged in Triton's Python backend, where the
 real module of the same name is provided by the stub process. Only non-decoupled models and
-CPU tensors are supported; business logic scripting (BLS) is not.
+CPU tensors are supported.
+
+Business logic scripting (BLS): ``InferenceRequest(model_name=..., ...).exec()`` (or
+``await ....async_exec()`` in an ``async def execute``) runs a request on another model of
+the server that hosts the calling model, with python_backend 24.10's semantics: the same
+keyword names and defaults, an error *response* (never an exception) when the model or
+version is not ready or the call fails, and TritonModelException outside ``execute``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import json
 import logging
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -75,17 +86,115 @@ class Tensor:
         return list(self._array.shape)
 
 
-class InferenceRequest:
-    """A request as ``execute`` sees it. Built by localtriton, not by models."""
+class PreferredMemory:
+    """Where a BLS call's outputs should be placed. localtriton has CPU tensors only, so it
+    is accepted and has no effect."""
 
-    def __init__(self, inputs: list[Tensor], requested_output_names: list[str],
-                 request_id: str = "", parameters: dict[str, Any] | None = None,
-                 correlation_id: int = 0) -> None:
+    def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
+        self._type = preferred_memory_type
+        self._device_id = preferred_device_id
+
+
+# Triton's MemoryType values.
+TRITONSERVER_MEMORY_GPU = 0
+TRITONSERVER_MEMORY_CPU = 1
+
+
+class InferenceTrace:
+    """A request's trace; localtriton does not trace, so there is never a context."""
+
+    def get_context(self) -> str | None:
+        return None
+
+
+class RequestExecutor(Protocol):
+    """The server that hosts the model whose ``execute`` is running: where its BLS calls go.
+    Set by localtriton around each ``execute`` (see ``bls_executor``), never by models."""
+
+    def submit(self, model_name: str, model_version: int, inputs: list[Tensor],
+               requested_output_names: list[str], request_id: str,
+               parameters: dict[str, bool | int | str]
+               ) -> concurrent.futures.Future[InferenceResponse]: ...
+
+
+# A context variable rather than a global: one process may host several servers (tests), and
+# the coroutines of an ``async def execute`` (and the tasks they start) inherit it.
+_executor: contextvars.ContextVar[RequestExecutor | None] = contextvars.ContextVar(
+    "triton_python_backend_utils_executor", default=None)
+
+
+@contextlib.contextmanager
+def bls_executor(executor: RequestExecutor) -> Iterator[None]:
+    """Let the code run in this block make BLS calls on ``executor`` (localtriton only)."""
+    token = _executor.set(executor)
+    try:
+        yield
+    finally:
+        _executor.reset(token)
+
+
+class InferenceRequest:
+    """A request: one that ``execute`` receives, or one a model builds to call another model
+    (BLS). The constructor takes Triton's arguments, in Triton's order:
+    ``InferenceRequest(request_id="", correlation_id=0, inputs, requested_output_names,
+    model_name, model_version=-1, flags=0, timeout=0, preferred_memory=..., trace=...,
+    parameters=None)``; ``inputs``, ``requested_output_names`` and ``model_name`` are required.
+
+    ``model_version`` -1 lets the server choose by the model's version policy (the highest
+    loaded version). ``flags`` (sequence start/end), ``timeout`` (only honoured under a
+    queue policy, which localtriton does not have), ``preferred_memory`` and ``trace`` are
+    accepted but change nothing here.
+
+    A positional call whose first argument is a list is the form this module had before BLS,
+    ``(inputs, requested_output_names, request_id, parameters, correlation_id)``, kept for
+    code that builds the requests of an ``execute`` call itself.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args and isinstance(args[0], list):
+            self._received(*args, **kwargs)
+        else:
+            self._built(*args, **kwargs)
+
+    def _received(self, inputs: list[Tensor], requested_output_names: list[str],
+                  request_id: str = "", parameters: dict[str, Any] | None = None,
+                  correlation_id: int | str = 0, model_name: str = "") -> None:
         self._inputs = inputs
         self._requested = requested_output_names
         self._id = request_id
         self._parameters = parameters or {}
         self._correlation_id = correlation_id
+        self._model_name = model_name
+        self._model_version = -1
+        self._flags = 0
+        self._timeout = 0
+
+    def _built(self, request_id: str = "", correlation_id: int | str = 0,
+               inputs: list[Tensor] | None = None,
+               requested_output_names: list[str] | None = None,
+               model_name: str | None = None, model_version: int = -1, flags: int = 0,
+               timeout: int = 0, preferred_memory: PreferredMemory | None = None,
+               trace: InferenceTrace | None = None,
+               parameters: dict[str, Any] | None = None) -> None:
+        if inputs is None or requested_output_names is None or model_name is None:
+            raise TypeError("InferenceRequest() requires inputs, requested_output_names and "
+                            "model_name")
+        parameters = parameters or {}
+        for key, value in parameters.items():  # Triton's checks, with its words
+            if not isinstance(key, str):
+                raise TritonModelException(
+                    f"Expect parameters keys to have type str, found type {type(key)}")
+            if not isinstance(value, bool | int | str):
+                raise TritonModelException(
+                    "Expect parameters values to have type bool/int/str, found type "
+                    f"{type(value)}")
+        if not isinstance(correlation_id, int | str):
+            raise TritonModelException("Correlation ID must be integer or string")
+        self._received(list(inputs), list(requested_output_names), request_id, parameters,
+                       correlation_id, model_name)
+        self._model_version = model_version
+        self._flags = flags
+        self._timeout = timeout
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -96,14 +205,47 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self._id
 
-    def correlation_id(self) -> int:
+    def correlation_id(self) -> int | str:
         return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        self._flags = flags
+
+    def timeout(self) -> int:
+        return self._timeout
 
     def parameters(self) -> str:
         return json.dumps(self._parameters)
 
+    def trace(self) -> InferenceTrace:
+        return InferenceTrace()
+
     def is_cancelled(self) -> bool:
         return False
+
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        """Run this request on its model and wait for the response (BLS). Blocks the calling
+        instance only: the server goes on serving, the called model included."""
+        return self._submit(decoupled).result()
+
+    def async_exec(self, decoupled: bool = False) -> asyncio.Future[InferenceResponse]:
+        """``exec`` as an awaitable, for ``async def execute``: several calls may be in
+        flight at once (and the called model may batch them)."""
+        return asyncio.wrap_future(self._submit(decoupled), loop=asyncio.get_running_loop())
+
+    def _submit(self, decoupled: bool) -> concurrent.futures.Future[InferenceResponse]:
+        executor = _executor.get()
+        if executor is None:
+            raise TritonModelException("BLS is only supported during the 'execute' function.")
+        if decoupled:
+            raise TritonModelException(
+                "localtriton does not support decoupled models: BLS calls take "
+                "decoupled=False")
+        return executor.submit(self._model_name, self._model_version, self._inputs,
+                               self._requested, self._id, self._parameters)
 
 
 class InferenceResponse:
