@@ -172,11 +172,11 @@ def null_models(directory: Path, names: Iterable[str]) -> Path:
 VERSIONED_DETECTOR = Path(__file__).with_name("models") / "versioned_detector.py"
 
 
-def versioned_models(directory: Path, versions: int = 4, shifted: Iterable[int] = (3,),
-                     failing: Iterable[int] = (4,)) -> Path:
+def versioned_models(directory: Path, versions: int = 5, shifted: Iterable[int] = (3,),
+                     failing: Iterable[int] = (4,), slow: Iterable[int] = (5,)) -> Path:
     """A model repository with ``versioned_detector``: versions 1..``versions`` served at
-    once, the same answer from each but the ``shifted`` ones (another box) and the
-    ``failing`` ones (every request fails)."""
+    once, the same answer from each but the ``shifted`` ones (another box), the ``failing``
+    ones (every request fails) and the ``slow`` ones (0.3 s more per execution)."""
     import shutil
 
     model = directory / "versioned_detector"
@@ -190,7 +190,9 @@ def versioned_models(directory: Path, versions: int = 4, shifted: Iterable[int] 
                f'parameters {{ key: "shifted_versions" value: {{ string_value: '
                f'"{",".join(map(str, shifted))}" }} }}\n'
                f'parameters {{ key: "failing_versions" value: {{ string_value: '
-               f'"{",".join(map(str, failing))}" }} }}\n')
+               f'"{",".join(map(str, failing))}" }} }}\n'
+               f'parameters {{ key: "slow_versions" value: {{ string_value: '
+               f'"{",".join(map(str, slow))}" }} }}\n')
     (model / "config.pbtxt").write_text(config)
     return directory
 

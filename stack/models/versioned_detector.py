@@ -1,11 +1,13 @@
 """A light detector whose versions answer differently, for tests of versions and experiments.
 
 Every version finds one object, the same box, unless its number is listed in the config's
-``shifted_versions`` (the box moves elsewhere: an answer that disagrees) or
-``failing_versions`` (every request fails, as a broken release would).
+``shifted_versions`` (the box moves elsewhere: an answer that disagrees),
+``failing_versions`` (every request fails, as a broken release would) or ``slow_versions``
+(each execution takes SLOW_S longer).
 """
 
 import json
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -13,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 BOX = (8.0, 8.0, 40.0, 40.0)
 SHIFTED_BOX = (100.0, 100.0, 140.0, 140.0)
 SCORE = 0.9
+SLOW_S = 0.3
 
 
 def _versions(config, key):
@@ -28,9 +31,12 @@ class TritonPythonModel:
         self.max_detections = int(boxes["dims"][0])
         self.box = SHIFTED_BOX if version in _versions(config, "shifted_versions") else BOX
         self.fails = version in _versions(config, "failing_versions")
+        self.slow = version in _versions(config, "slow_versions")
         self.version = version
 
     def execute(self, requests):
+        if self.slow:
+            time.sleep(SLOW_S)
         responses = []
         for request in requests:
             if self.fails:

@@ -1,6 +1,6 @@
 """Model versions, experiments, shadow traffic and the guard, through a real proxy in front of
-a real server holding four versions of a light detector (1 and 2 answer alike, 3 disagrees,
-4 fails every call)."""
+a real server holding five versions of a light detector (1 and 2 answer alike, 3 disagrees,
+4 fails every call, 5 takes 0.3 s)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_pinned_versions_and_what_the_response_says(tmp_path, backend, images):
             stub.Detect(detect_pb2.DetectRequest(image=image, model_version="7"), timeout=10)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert missing.value.details() == (f"model '{MODEL}' has no version 7 ready; ready "
-                                           "versions: 1, 2, 3, 4")
+                                           "versions: 1, 2, 3, 4, 5")
         with pytest.raises(grpc.RpcError) as bad:
             stub.Detect(detect_pb2.DetectRequest(image=image, model_version="v2"), timeout=10)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -191,6 +191,15 @@ def test_shadow_agreement_and_backend_work(tmp_path, backend, images):
         differing = {"version": "3", "primary_version": "1"}
         assert _metric(metrics, "detect_shadow_matched_count", **differing) == compared > 0
         assert _metric(metrics, "detect_shadow_matched_sum", **differing) == 0  # below 1.0
+
+        # A slow candidate costs the callers nothing: their answers do not wait for it.
+        path.write_text(_experiment((1, 0), shadow="5"))
+        _wait_for_shadow(target, "5")
+        for i in range(10):
+            start = time.monotonic()
+            _detect(stub, image, f"k{i}")
+            assert time.monotonic() - start < 0.2
+        assert _shadowed(metrics, 10, version="5") >= 1
 
 
 def _ops(target: str, *args: str) -> str:
