@@ -114,6 +114,7 @@ def detect_one(stub: detect_pb2_grpc.DetectorStub, source: str, args: argparse.N
     try:
         outcome.image = read(source)
         request = detect_pb2.DetectRequest(image=outcome.image, model=args.model,
+                                           model_version=args.model_version,
                                            min_score=args.min_score,
                                            max_detections=args.max_detections)
         outcome.response = stub.Detect(request, timeout=args.timeout,
@@ -128,8 +129,9 @@ def detect_one(stub: detect_pb2_grpc.DetectorStub, source: str, args: argparse.N
 def print_text(outcome: Outcome, out: TextIO) -> None:
     r = outcome.response
     assert r is not None
+    variant = f" ({r.variant})" if r.variant else ""
     out.write(f"{outcome.source}: {r.image_width}x{r.image_height}, model {r.model} "
-              f"v{r.model_version}, {len(r.detections)} detection(s)\n")
+              f"v{r.model_version}{variant}, {len(r.detections)} detection(s)\n")
     for d in r.detections:
         b = d.box
         out.write(f"  {d.label or d.class_id} {d.score:.3f} "
@@ -258,6 +260,7 @@ def detect_chunk(stub: detect_pb2_grpc.DetectorStub, outcomes: list[Outcome],
         return outcomes
     try:
         reply = detect_batch(stub, [o.image for o in sent], model=args.model,
+                             model_version=args.model_version,
                              min_score=args.min_score, max_detections=args.max_detections,
                              timeout=args.timeout,
                              metadata=[("x-request-id", str(uuid.uuid4()))])
@@ -323,6 +326,7 @@ def run_stream(args: argparse.Namespace, channel: grpc.Channel) -> int:
 
     for frame_id, result in detect_stream(stub, frames(), segment=args.segment,
                                           unordered=args.unordered, model=args.model,
+                                          model_version=args.model_version,
                                           min_score=args.min_score,
                                           max_detections=args.max_detections,
                                           timeout=args.timeout):
@@ -400,6 +404,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                             help="JPEG, PNG, WebP or BMP files or globs; - reads one from stdin")
     add_connection_options(parser)
     parser.add_argument("--model", default="", help="model name [default: the service's]")
+    parser.add_argument("--model-version", default="",
+                        help="pin a version of the model, e.g. 2 [default: the model's "
+                             "experiment decides, else the latest]")
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="leave out detections scoring lower [default: %(default)s]")
     parser.add_argument("--max-detections", type=int, default=0,

@@ -46,23 +46,26 @@ def _requests(segment: list[tuple[str, bytes]], options: detect_pb2.DetectReques
 
 
 def _options(segment: int, model: str, min_score: float, max_detections: int,
-             skip_cache: bool) -> detect_pb2.DetectRequest:
+             skip_cache: bool, model_version: str) -> detect_pb2.DetectRequest:
     if segment < 1:
         raise ValueError(f"segment must be at least 1 image, not {segment}")
     return detect_pb2.DetectRequest(model=model, min_score=min_score,
-                                    max_detections=max_detections, skip_cache=skip_cache)
+                                    max_detections=max_detections, skip_cache=skip_cache,
+                                    model_version=model_version)
 
 
 def detect_stream(stub: detect_pb2_grpc.DetectorStub, frames: Iterable[Frame], *,
                   segment: int = DEFAULT_SEGMENT, unordered: bool = False, model: str = "",
                   min_score: float = 0.0, max_detections: int = 0, skip_cache: bool = False,
-                  timeout: float | None = None, metadata: Metadata = ()) -> Iterator[Answer]:
+                  model_version: str = "", timeout: float | None = None,
+                  metadata: Metadata = ()) -> Iterator[Answer]:
     """``(id, DetectResult)`` for every frame, over streams of ``segment`` frames each.
     ``timeout`` is the deadline of each segment's stream (``connect``'s channel gives one
     of 10 s by default: size segments to fit it, or pass a longer one). A failed image is
     its result's ``error`` (``error_of``); a ``grpc.RpcError`` means the stream as a whole
     failed, after the answers already yielded. Leaving the loop early cancels the stream."""
-    options = _options(segment, model, min_score, max_detections, skip_cache)
+    options = _options(segment, model, min_score, max_detections, skip_cache,
+                       model_version)
     return _segments(stub, frames, segment, unordered, options, timeout, metadata)
 
 
@@ -84,11 +87,13 @@ def detect_stream_aio(stub: detect_pb2_grpc.DetectorStub,
                       frames: Iterable[Frame] | AsyncIterable[Frame], *,
                       segment: int = DEFAULT_SEGMENT, unordered: bool = False, model: str = "",
                       min_score: float = 0.0, max_detections: int = 0,
-                      skip_cache: bool = False, timeout: float | None = None,
+                      skip_cache: bool = False, model_version: str = "",
+                      timeout: float | None = None,
                       metadata: Metadata = ()) -> AsyncIterator[Answer]:
     """``detect_stream`` on a stub of a ``grpc.aio`` channel (``connect_aio``); ``frames``
     may also be an async iterable (``async for frame_id, result in ...``)."""
-    options = _options(segment, model, min_score, max_detections, skip_cache)
+    options = _options(segment, model, min_score, max_detections, skip_cache,
+                       model_version)
     return _segments_aio(stub, frames, segment, unordered, options, timeout, metadata)
 
 

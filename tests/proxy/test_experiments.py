@@ -20,7 +20,7 @@ from detect.v1 import detect_pb2, detect_pb2_grpc, operations_pb2, operations_pb
 from detect_proxy import contract
 from detect_proxy.experiments import bucket
 from detect_stack.promtext import scrape, value
-from detect_stack.servers import free_port, proxy, triton_server, versioned_models
+from detect_stack.servers import TESTDATA, free_port, proxy, triton_server, versioned_models
 
 MODEL = "versioned_detector"
 SALT = "test-salt"
@@ -79,7 +79,7 @@ def _metric(port: int, name: str, **labels: str) -> float:
 
 
 def test_pinned_versions_and_what_the_response_says(tmp_path, backend, images):
-    with _stack(tmp_path, backend, _experiment((1, 0))) as (stub, *_):
+    with _stack(tmp_path, backend, _experiment((1, 0))) as (stub, _, _, _, target, _):
         image = images["coffee.png"]
         for version in ("1", "2", "3"):
             answer = stub.Detect(detect_pb2.DetectRequest(image=image, model_version=version),
@@ -101,6 +101,15 @@ def test_pinned_versions_and_what_the_response_says(tmp_path, backend, images):
             stub.Detect(detect_pb2.DetectRequest(image=image, model_version="v2"), timeout=10)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "model_version must be digits" in bad.value.details()
+        shown = subprocess.run([sys.executable, "-m", "detect_client.cli", "--plaintext",
+                                "--target", target, str(TESTDATA / "coffee.png")],
+                               capture_output=True, text=True, check=True, timeout=30).stdout
+        assert f"model {MODEL} v1 (control)" in shown
+        pinned = subprocess.run([sys.executable, "-m", "detect_client.cli", "batch",
+                                 "--plaintext", "--target", target, "--model-version", "3",
+                                 "--json", str(TESTDATA / "coffee.png")],
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+        assert '"model_version": "3"' in pinned
 
 
 def test_sticky_split_reload_and_forced_variant(tmp_path, images):
