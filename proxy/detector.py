@@ -328,9 +328,9 @@ class DetectorService:
                 answer = answers[i] = build_response(*outcome, model, images[i][1])
                 if lookups:
                     self._cache.store(lookups[i].key, answer.SerializeToString())
-        for (image, info), answer in zip(images, answers, strict=True):
-            if isinstance(answer, detect_pb2.DetectResponse):
-                self._shadow.offer(model, image, info, answer)
+        for (image, info), whole in zip(images, answers, strict=True):
+            if isinstance(whole, detect_pb2.DetectResponse):
+                self._shadow.offer(model, image, info, whole)
         return [answer for answer in answers if answer is not None]
 
     async def _lookup(self, model: DetectorModel, image: Image, skip_cache: bool) -> Lookup:
