@@ -15,7 +15,8 @@ from pathlib import Path
 from detect_stack import phone_photos
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png", "camera.png")
+IMAGES = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png", "camera.png",
+          "motorcycle_left.png")
 
 
 def main() -> int:

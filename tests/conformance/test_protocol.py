@@ -162,7 +162,8 @@ def test_model_statistics(client, images):
     assert after.last_inference >= before.last_inference
     every = client.call("get_inference_statistics").model_stats
     assert {s.name for s in every} == {"centerface", "face_detector", "null_detector",
-                                       "postprocess", "preprocess"}
+                                       "postprocess", "preprocess", "nanodet",
+                                       "object_detector"}
     pre = client.call("get_inference_statistics", "preprocess", "1").model_stats[0]
     assert pre.execution_count >= 1
     assert pre.inference_stats.compute_infer.count >= 1
@@ -176,7 +177,9 @@ def test_repository_index(client):
     assert {(m.name, m.version, m.state) for m in index.models} == {
         ("centerface", "1", "READY"), ("face_detector", "1", "READY"),
         ("null_detector", "1", "READY"),
-        ("postprocess", "1", "READY"), ("preprocess", "1", "READY")}
+        ("postprocess", "1", "READY"), ("preprocess", "1", "READY"),
+        ("nanodet", "1", "READY"), ("nanodet", "2", "READY"),
+        ("object_detector", "1", "READY"), ("object_detector", "2", "READY")}
 
 
 def test_typed_input_contents(triton_url):

@@ -11,7 +11,8 @@ from detect_stack.promtext import scrape, value
 from detect_stack.servers import TRITON, free_port, triton_server
 
 FAILURE_REASONS = {"BACKEND", "CANCELED", "REJECTED", "OTHER"}
-MODELS = {"face_detector", "preprocess", "centerface", "postprocess", "null_detector"}
+MODELS = {"face_detector", "preprocess", "centerface", "postprocess", "null_detector",
+          "object_detector", "nanodet"}
 
 
 def test_families_and_labels_are_tritons(tmp_path, backend):

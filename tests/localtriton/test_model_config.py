@@ -23,7 +23,8 @@ def _all_configs() -> dict[str, mc.ModelConfig]:
 
 def test_repository_has_the_detector_and_its_steps():
     assert {p.parent.name for p in CONFIGS} == {"face_detector", "preprocess", "centerface",
-                                                "postprocess", "null_detector"}
+                                                "postprocess", "null_detector",
+                                                "object_detector", "nanodet"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
@@ -92,7 +93,8 @@ def test_invalid_text_is_reported_with_its_source():
 def test_server_refuses_to_start_on_a_broken_repository(tmp_path: Path):
     repo = tmp_path / "repo"
     shutil.copytree(MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("*.onnx"))
-    shutil.copy(MODEL_REPOSITORY / "centerface/1/model.onnx", repo / "centerface/1/model.onnx")
+    for network in ("centerface/1", "nanodet/1", "nanodet/2"):
+        shutil.copy(MODEL_REPOSITORY / network / "model.onnx", repo / network / "model.onnx")
     config = repo / "postprocess" / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "num_detections"', 'name: "count"'))
     proc = subprocess.run([sys.executable, "-m", "detect_localtriton",

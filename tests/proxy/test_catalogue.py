@@ -77,19 +77,22 @@ def test_unknown_and_non_detector_models(triton_url):
     _run(triton_url, body)
 
 
-def test_by_default_only_ensembles_are_exposed(triton_url):
-    """Pipeline steps and single benchmark models answer like missing ones."""
+def test_by_default_only_the_detectors_are_exposed(triton_url):
+    """Pipeline steps and single benchmark models answer like missing ones; ensembles and
+    models whose config asks to be are the detectors."""
     async def body(real):
         catalogue = Catalogue(real)
         assert (await catalogue.get("face_detector")).name == "face_detector"
-        for hidden in ("null_detector", "centerface", "preprocess", "postprocess"):
+        assert (await catalogue.get("object_detector")).name == "object_detector"
+        for hidden in ("null_detector", "centerface", "preprocess", "postprocess", "nanodet"):
             with pytest.raises(ProxyError) as err:
                 await catalogue.get(hidden)
             assert err.value.code == grpc.StatusCode.NOT_FOUND
             assert err.value.message == (f"model '{hidden}' is not served; "
-                                         "available models: face_detector")
-        [listed] = await catalogue.listing()
-        assert (listed.model.name, listed.versions) == ("face_detector", ("1",))
+                                         "available models: face_detector, object_detector")
+        face, objects = await catalogue.listing()
+        assert (face.model.name, face.versions) == ("face_detector", ("1",))
+        assert (objects.model.name, objects.versions) == ("object_detector", ("1", "2"))
         assert not catalogue.known("null_detector")
     _run(triton_url, body)
 

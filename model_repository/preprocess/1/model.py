@@ -52,33 +52,27 @@ class ImageRejected(Exception):
     pass
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.size = int(params.get("network_input_size", "512"))
-        if self.size <= 0 or self.size % 32:
-            raise ValueError(
-                f"network_input_size must be a positive multiple of 32, got {self.size}")
-        self.max_pixels = int(params.get("max_image_pixels", str(4096 * 4096)))
+class Decoder:
+    """Decoding to fit a square network input, with the checks every detector applies.
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            try:
-                rows = [self._prepare(images[i].reshape(-1)[0], i) for i in range(images.shape[0])]
-            except ImageRejected as exc:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
-                continue
-            pixels = np.stack([r[0] for r in rows])
-            letterbox = np.stack([r[1] for r in rows])
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("input", pixels),
-                pb_utils.Tensor("letterbox", letterbox),
-            ]))
-        return responses
+    object_detector loads this file and decodes with it too, so that both detectors accept
+    and refuse the same images with the same messages.
+    """
+
+    def __init__(self, size, max_pixels):
+        if size <= 0 or size % 32:
+            raise ValueError(f"network_input_size must be a positive multiple of 32, got {size}")
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def decode(self, data, row):
+        """The image as displayed, resized to fit the network input, and its full size;
+        ImageRejected says why an image cannot be."""
+        image = self._open(bytes(data), row)
+        try:
+            return self._decode_to_fit(image)
+        except Exception as exc:  # truncated or corrupt data surfaces while decoding
+            raise ImageRejected(f"image {row} could not be decoded ({_reason(exc)})") from None
 
     def _open(self, data, row):
         if not data:
@@ -108,18 +102,6 @@ class TritonPythonModel:
                 f"{self.max_pixels} pixels")
         return image
 
-    def _prepare(self, data, row):
-        image = self._open(bytes(data), row)
-        try:
-            resized, (width, height) = self._decode_to_fit(image)
-        except Exception as exc:  # truncated or corrupt data surfaces while decoding
-            raise ImageRejected(f"image {row} could not be decoded ({_reason(exc)})") from None
-        canvas = np.zeros((3, self.size, self.size), dtype=np.float32)
-        canvas[:, : resized.height, : resized.width] = np.asarray(
-            resized, dtype=np.float32).transpose(2, 0, 1)
-        return canvas, np.array([self.size / max(width, height), width, height],
-                                dtype=np.float32)
-
     def _decode_to_fit(self, image):
         """The image as displayed, resized to fit the network input, and its full size."""
         width, height = image.size
@@ -137,3 +119,37 @@ class TritonPythonModel:
         # Formats without DCT scaling (PNG, WebP) are first reduced by whole factors to
         # at least twice the target, which halves the resize of a large image.
         return to_rgb(image).resize(fit, Image.BILINEAR, reducing_gap=2.0), (width, height)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.decoder = Decoder(int(params.get("network_input_size", "512")),
+                               int(params.get("max_image_pixels", str(4096 * 4096))))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            try:
+                rows = [self._prepare(images[i].reshape(-1)[0], i) for i in range(images.shape[0])]
+            except ImageRejected as exc:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            pixels = np.stack([r[0] for r in rows])
+            letterbox = np.stack([r[1] for r in rows])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("input", pixels),
+                pb_utils.Tensor("letterbox", letterbox),
+            ]))
+        return responses
+
+    def _prepare(self, data, row):
+        resized, (width, height) = self.decoder.decode(data, row)
+        size = self.decoder.size
+        canvas = np.zeros((3, size, size), dtype=np.float32)
+        canvas[:, : resized.height, : resized.width] = np.asarray(
+            resized, dtype=np.float32).transpose(2, 0, 1)
+        return canvas, np.array([size / max(width, height), width, height], dtype=np.float32)
