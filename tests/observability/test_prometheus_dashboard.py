@@ -14,12 +14,29 @@ import pytest
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_observability import prometheus as prom_config
-from detect_proxy.contract import DECLARED_IMAGES_HEADER, DETECT, SERVICE
+from detect_proxy.contract import DECLARED_IMAGES_HEADER, DETECT, ROUTING_KEY_HEADER, SERVICE
 from detect_stack.servers import ROOT, free_port, running
 from detect_stack.stack import admin_post, stack
 
 DASHBOARD = json.loads((ROOT / "observability" / "dashboard.json").read_text())
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+EXPERIMENT = """
+[object_detector]
+salt = "dashboard"
+[[object_detector.variants]]
+name = "control"
+version = "1"
+weight = 1
+[[object_detector.variants]]
+name = "candidate"
+version = "2"
+weight = 1
+[object_detector.shadow]
+version = "2"
+fraction = 1.0
+"""
 
 
 def query(port: int, expr: str) -> list[dict]:
@@ -50,6 +67,9 @@ def _traffic(s) -> None:
         list(stub.DetectStream(iter([detect_pb2.DetectStreamRequest(
             id="1", request=detect_pb2.DetectRequest(image=image))]), timeout=60,
             metadata=declared))
+        for i in range(8):  # an experiment's variants, each v1 answer shadowed on v2
+            stub.Detect(detect_pb2.DetectRequest(image=image, model="object_detector"),
+                        timeout=60, metadata=[(ROUTING_KEY_HEADER, f"caller-{i}")])
         for _ in range(3):  # errors, labelled by code
             with pytest.raises(grpc.RpcError):
                 stub.Detect(detect_pb2.DetectRequest(image=b""), timeout=10)
@@ -67,9 +87,13 @@ def _traffic(s) -> None:
 
 def test_every_dashboard_query_returns_data(tmp_path, backend):
     assert expressions(), "dashboard has no queries"
+    experiments = tmp_path / "experiments.toml"
+    experiments.write_text(EXPERIMENT)
     with stack(tmp_path, global_rps=1000, global_burst=2000, client_rps=200,
                client_burst=400, backend=backend,
-               proxy_flags=("--cache-max-bytes", str(8 << 20))) as s:
+               proxy_flags=("--cache-max-bytes", str(8 << 20),
+                            "--exposed-models", "face_detector,object_detector",
+                            "--experiments", str(experiments))) as s:
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps(prom_config.render(
             s.proxy_metrics, f"127.0.0.1:{s.envoy.admin_port}", s.triton_metrics, "1s")))
