@@ -3,11 +3,11 @@
 #
 #   docker build -f deploy/triton.Dockerfile -t detect-triton:24.08 .
 #
-# preprocess and postprocess (model_repository/) import numpy and Pillow inside Triton's
-# Python backend; the stock image has numpy but not Pillow. Their TritonError codes need
-# Triton 23.06 or newer. The model repository itself is not in this image: it comes from
-# the detect-models image (deploy/Dockerfile --target models) through a volume, so models
-# and server are released independently.
+# preprocess and postprocess (model_repository/), and object_detector, which loads their code,
+# import numpy and Pillow inside Triton's Python backend; the stock image has numpy but not
+# Pillow. Their TritonError codes need Triton 23.06 or newer. The model repository itself is
+# not in this image: it comes from the detect-models image (deploy/Dockerfile --target models)
+# through a volume, so models and server are released independently.
 ARG TRITON_TAG=24.08
 FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3
 

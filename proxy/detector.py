@@ -346,7 +346,10 @@ class DetectorService:
             code = grpc.StatusCode.OK.name
             if result.HasField("error"):
                 code = code_name(result.error.code)
-            self._telemetry.images.add(1, {"method": method, "model": label, "code": code})
+            answer = result.response  # empty when the image failed
+            self._telemetry.images.add(1, {"method": method, "model": label, "code": code,
+                                           "version": answer.model_version,
+                                           "variant": answer.variant})
 
     @contextlib.asynccontextmanager
     async def _admitted(self, budget: Budget) -> AsyncIterator[None]:

@@ -62,7 +62,9 @@ class Upstream:
         model_name = model.name
         deadline = time.monotonic() + timeout_s
         self.budget.record_call()
-        self._telemetry.upstream_batch.record(len(images), {"model": model_name})
+        # "" when the call leaves the version to Triton's version policy.
+        labels = {"model": model_name, "version": model.version, "variant": model.variant}
+        self._telemetry.upstream_batch.record(len(images), labels)
         attempt = 0
         while True:
             if not self.breaker.allow():
@@ -71,7 +73,7 @@ class Upstream:
                                  "the model server is unavailable (circuit breaker open; next "
                                  f"probe in {self.breaker.retry_in():.1f}s); retry with backoff")
             try:
-                response = await self._model_infer(model_name, request,
+                response = await self._model_infer(labels, request,
                                                    deadline - time.monotonic(), request_id)
                 self.breaker.success()
                 return InferResult(response)
@@ -89,20 +91,21 @@ class Upstream:
                         or not self.budget.try_spend()):
                     raise from_upstream(code, details, model_name) from None
             attempt += 1
-            self._telemetry.retries.add(1, {"model": model_name})
+            self._telemetry.retries.add(1, labels)
             log.debug("retrying %s after UNAVAILABLE (attempt %d) in %.0f ms", model_name,
                       attempt, delay * 1000)
             await asyncio.sleep(delay)
 
-    async def _model_infer(self, model_name: str, request: bytes, timeout_s: float,
+    async def _model_infer(self, labels: dict[str, str], request: bytes, timeout_s: float,
                            request_id: str) -> pb.ModelInferResponse:
-        """One attempt, traced and timed."""
+        """One attempt, traced and timed (``labels``: model, version, variant)."""
         start = time.perf_counter()
         outcome = "OK"
         with self._telemetry.tracer.start_as_current_span(
                 "inference.GRPCInferenceService/ModelInfer", kind=trace.SpanKind.CLIENT,
                 attributes={"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
-                            "rpc.method": "ModelInfer", "detect.model": model_name}) as span:
+                            "rpc.method": "ModelInfer", "detect.model": labels["model"],
+                            "detect.model_version": labels["version"]}) as span:
             # The request id travels both as Triton's request id and as the header Envoy's
             # egress logs; the trace context as traceparent metadata.
             headers = self._telemetry.inject({"x-request-id": request_id} if request_id else {})
@@ -119,7 +122,7 @@ class Upstream:
             finally:
                 self._telemetry.upstream_duration.record(
                     (time.perf_counter() - start) * 1000,
-                    {"model": model_name, "status": outcome})
+                    {**labels, "status": outcome})
 
     async def model_config(self, name: str) -> mc.ModelConfig:
         request = pb.ModelConfigRequest(name=name)

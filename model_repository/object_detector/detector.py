@@ -149,7 +149,9 @@ class ObjectDetector:
             request = pb_utils.InferenceRequest(
                 model_name=self.network, model_version=self.version,
                 requested_output_names=list(NETWORK_OUTPUTS),
-                inputs=[pb_utils.Tensor("input", pixels[start:start + self.max_rows])])
+                inputs=[pb_utils.Tensor("input", pixels[start:start + self.max_rows])],
+                # The network may run on a GPU: its outputs are decoded here, on the CPU.
+                preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
             response = request.exec()
             if response.has_error():
                 error = response.error()
