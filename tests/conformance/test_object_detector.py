@@ -20,8 +20,10 @@ import tritonclient.grpc.aio as aioclient
 from PIL import Image, ImageOps
 from tritonclient.utils import InferenceServerException
 
+from detect.v1 import detect_pb2, detect_pb2_grpc
 from detect_stack.detector_client import Detections, detections, image_input
 from detect_stack.servers import MODEL_REPOSITORY
+from detect_stack.stack import stack
 
 MODEL = "object_detector"
 NETWORK = "nanodet"
@@ -254,3 +256,29 @@ def test_bad_images_are_refused_as_face_detector_refuses_them(client, images, da
         assert err.value.message().startswith("image 1 ")
         # Triton prefixes an ensemble step's error with the ensemble's name.
         assert face.value.message().endswith(err.value.message())
+
+
+def _answer_detections(answer: detect_pb2.DetectResponse) -> Detections:
+    return Detections(
+        np.array([[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max]
+                  for d in answer.detections], dtype=np.float32).reshape(-1, 4),
+        np.array([d.score for d in answer.detections], dtype=np.float32),
+        np.array([d.class_id for d in answer.detections], dtype=np.int32))
+
+
+def test_through_envoy_with_tls_and_the_proxy(tmp_path, backend, images):
+    """What a caller meets: the same detections as the reference, both versions, COCO names."""
+    with stack(tmp_path, replicas=1, proxies=1, backend=backend,
+               proxy_flags=("--exposed-models", "face_detector,object_detector")) as s, \
+            s.envoy.channel() as channel:
+        stub = detect_pb2_grpc.DetectorStub(channel)
+        for name in IMAGES:
+            for version in SIZES:
+                answer = stub.Detect(detect_pb2.DetectRequest(
+                    image=images[name], model=MODEL, model_version=version), timeout=30)
+                assert (answer.model, answer.model_version) == (MODEL, version)
+                assert_same(_answer_detections(answer), reference(images[name], version))
+        [person] = [d for d in stub.Detect(detect_pb2.DetectRequest(
+            image=images["astronaut.png"], model=MODEL, model_version="1", min_score=0.5),
+            timeout=30).detections]
+        assert (person.class_id, person.label) == (PERSON, "person")
