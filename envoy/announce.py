@@ -81,6 +81,8 @@ Try it:
     grpcurl -cacert {args.ca} -d @ localhost:{front_port} detect.v1.Detector/Detect
   .venv/bin/detect {sample_path} --target {args.front} --ca-file {args.ca}
   .venv/bin/detect models --target {args.front} --ca-file {args.ca}
+  .venv/bin/detect build/testdata/astronaut.png --model object_detector \\
+    --target {args.front} --ca-file {args.ca}
 
 Sample call:
 {(sample.stdout or sample.stderr).rstrip()}

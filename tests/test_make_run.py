@@ -15,6 +15,8 @@ import redis
 import tritonclient.grpc as grpcclient
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_proxy.contract import ROUTING_KEY_HEADER
+from detect_proxy.experiments import bucket
 from detect_stack.makerun import make_run
 from detect_stack.promtext import scrape, value
 from detect_stack.reference_centerface import iou
@@ -39,7 +41,24 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
             stub = detect_pb2_grpc.DetectorStub(channel)
             # Callers see the detector only: pipeline steps and the benchmark model are hidden.
             listed = stub.ListModels(detect_pb2.ListModelsRequest(), timeout=10)
-            assert [m.name for m in listed.models] == ["face_detector"]
+            assert [m.name for m in listed.models] == ["face_detector", "object_detector"]
+            # The COCO detector, under make run's experiment (deploy/experiments.toml): each
+            # caller key sticks to its version, and the answer says which.
+            seen = set()
+            points = {f"caller-{i}": bucket("nanodet-320-trial", f"caller-{i}")
+                      for i in range(100)}
+            keys = (min(points, key=points.__getitem__), max(points, key=points.__getitem__))
+            for key in keys:  # the first lands on control (90%), the second on candidate
+                metadata = [(ROUTING_KEY_HEADER, key)]
+                found = [stub.Detect(detect_pb2.DetectRequest(
+                    image=(TESTDATA / "astronaut.png").read_bytes(), model="object_detector",
+                    min_score=0.5), timeout=30, metadata=metadata) for _ in range(2)]
+                assert found[0].variant == found[1].variant in ("control", "candidate")
+                assert {"control": "1", "candidate": "2"}[found[0].variant] == \
+                    found[0].model_version
+                assert [d.label for d in found[0].detections] == ["person"]
+                seen.add(found[0].variant)
+            assert seen == {"control", "candidate"}
             # A 12 MP phone photo (decoded at reduced scale) finds the face the 1 MP one
             # does, in its own pixels.
             boxes = {}
@@ -97,6 +116,12 @@ def test_make_run_then_ctrl_c(tmp_path, backend):
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert out.returncode == 1 and "FAILED_PRECONDITION" in out.stderr, out.stderr
         assert "--model-control-mode=explicit" in out.stderr
+        out = subprocess.run([detect, "ops", "experiments", "--plaintext", "--target",
+                              f"127.0.0.1:{ports['PROXY1_PORT']}"], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert "object_detector (salt nanodet-320-trial, shadow: version 2 at 0.2)" in out.stdout
+        assert "candidate: version 2, weight 10, in the split" in out.stdout
         everything = run.descendants()
         assert len(everything) >= 7, everything  # 2 backends, 2 proxies, Envoy, Prometheus
         run.interrupt()
