@@ -54,7 +54,7 @@ def test_json_lines_with_the_protos_field_names_and_every_field(edge):
     astronaut, coffee = (json.loads(line) for line in out.stdout.decode().splitlines())
     assert astronaut["image"] == ASTRONAUT and astronaut["model"] == "face_detector"
     assert set(astronaut) == {"image", "detections", "model", "model_version", "image_width",
-                              "image_height"}
+                              "image_height", "variant"}
     [face] = astronaut["detections"]
     assert face["class_id"] == 0 and face["label"] == "face"  # zero values are present
     assert set(face["box"]) == {"x_min", "y_min", "x_max", "y_max"}

@@ -135,7 +135,7 @@ def test_python_asyncio_over_tls(stack, front):
                       "--ca", "build/certs/ca.crt", env={"DETECT_TARGET": front})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "models: face_detector (default face_detector)"
+    assert lines[0] == "models: face_detector, object_detector (default face_detector)"
     # Results come in the order the images were given, one header line each.
     headers = [line.split(":")[0] for line in lines[1:] if not line.startswith("  ")]
     assert headers == images
@@ -178,8 +178,9 @@ def test_node_over_tls(front, node_modules):
     out = run_example(node, "examples/node/detect.js", ASTRONAUT, "--target", front)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    [model] = result["models"]["models"]
+    model, objects = result["models"]["models"]
     assert model["name"] == "face_detector" == result["models"]["default_model"]
+    assert objects["name"] == "object_detector" and objects["versions"] == ["1", "2"]
     assert model["labels"] == ["face"] and model["limits"]["max_bytes"] == str(8 * 1024 * 1024)
     detection = result["detection"]
     assert (detection["image_width"], detection["image_height"]) == (512, 512)
@@ -209,7 +210,7 @@ def test_grpcurl_script(front):
     starts = [m.start() for m in re.finditer(r"^\{$", out.stdout, re.MULTILINE)]
     decoder = json.JSONDecoder()
     models, detection = (decoder.raw_decode(out.stdout, start)[0] for start in starts)
-    assert [m["name"] for m in models["models"]] == ["face_detector"]
+    assert [m["name"] for m in models["models"]] == ["face_detector", "object_detector"]
     [face] = detection["detections"]
     assert face["label"] == "face" and face["score"] > 0.5
 
