@@ -121,6 +121,12 @@ def _get(table: dict[str, Any], where: str, key: str, kind: type, default: Any =
     return value
 
 
+def _known(where: str, table: dict[str, Any], keys: set[str]) -> None:
+    """A misspelt key would silently do nothing: refuse it."""
+    if unknown := sorted(set(table) - keys):
+        raise ExperimentError(f"{where}: unknown keys {unknown}; expected {sorted(keys)}")
+
+
 def _version(where: str, value: str) -> str:
     if not value.isdigit():
         raise ExperimentError(f"{where}: version must be digits (a Triton version), "
@@ -130,9 +136,7 @@ def _version(where: str, value: str) -> str:
 
 def _experiment(model: str, table: dict[str, Any]) -> Experiment:
     where = f"[{model}]"
-    known = {"salt", "variants", "force_clients", "shadow", "guard"}
-    if unknown := sorted(set(table) - known):
-        raise ExperimentError(f"{where}: unknown keys {unknown}; expected {sorted(known)}")
+    _known(where, table, {"salt", "variants", "force_clients", "shadow", "guard"})
     salt = _get(table, where, "salt", str)
     rows = _get(table, where, "variants", list)
     if not rows:
@@ -142,6 +146,7 @@ def _experiment(model: str, table: dict[str, Any]) -> Experiment:
         at = f"{where} variants[{i}]"
         if not isinstance(row, dict):
             raise ExperimentError(f"{at}: must be a table with name, version, weight")
+        _known(at, row, {"name", "version", "weight"})
         weight = _get(row, at, "weight", float)
         if not math.isfinite(weight) or weight < 0:
             raise ExperimentError(f"{at}: weight must be >= 0, got {weight}")
@@ -158,6 +163,7 @@ def _experiment(model: str, table: dict[str, Any]) -> Experiment:
     shadow = guard = None
     if "shadow" in table:
         s, at = _get(table, where, "shadow", dict), f"{where} shadow"
+        _known(at, s, {"version", "fraction", "max_concurrency"})
         fraction = _get(s, at, "fraction", float)
         if not 0 <= fraction <= 1:
             raise ExperimentError(f"{at}: fraction must be in [0, 1], got {fraction}")
@@ -167,6 +173,7 @@ def _experiment(model: str, table: dict[str, Any]) -> Experiment:
         shadow = Shadow(_version(at, _get(s, at, "version", str)), fraction, concurrency)
     if "guard" in table:
         g, at = _get(table, where, "guard", dict), f"{where} guard"
+        _known(at, g, {"window_s", "min_calls", "max_error_rate", "max_p99_ms"})
         guard = Guard(_get(g, at, "window_s", float, 60.0), _get(g, at, "min_calls", int, 20),
                       _get(g, at, "max_error_rate", float, 1.0),
                       _get(g, at, "max_p99_ms", float, 0.0))

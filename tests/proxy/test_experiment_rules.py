@@ -52,6 +52,7 @@ def test_ranges_follow_the_weights_in_file_order():
     ('[m]\nsalt = "s"\n[[m.variants]]\nname = "a"\nversion = "1"\nweight = 0\n',
      "at least one variant needs a weight above 0"),
     ('[m]\nsalt = "s"\nsplit = 3\n', "unknown keys ['split']"),
+    (FILE.replace("max_p99_ms", "max_p99"), "[m] guard: unknown keys ['max_p99']"),
     ("[m\n", "not valid TOML"),
 ])
 def test_a_bad_file_says_where(text, message):
