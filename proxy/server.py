@@ -64,7 +64,7 @@ class DetectProxy:
             return batcher.submit(model, image, deadline, "")
 
         self.shadow = ShadowTraffic(self.experiments, shadow_send,
-                                    lambda: self.admission.queued > 0,
+                                    lambda: self.admission.active >= self.admission.limit,
                                     config.upstream_timeout_ms / 1000, self.telemetry)
         self.service = DetectorService(
             self.catalogue, self.admission, batcher,

@@ -3,9 +3,10 @@ answers are compared; the caller only ever gets the primary answer.
 
 The shadow call starts after the primary answer is ready, in its own task, so it never delays
 or fails the caller. It skips the result cache and the caller's admission slot, and it is
-bounded: at most the experiment's ``max_concurrency`` in flight, and none at all while calls
-are queueing for upstream slots (at capacity the backend's work belongs to callers; a shadow
-must never amplify an overload).
+bounded: at most the experiment's ``max_concurrency`` in flight, and none at all while every
+upstream slot is taken by callers (at capacity the backend's work belongs to callers; a
+shadow must never amplify an overload). Its work still shares the proxy's CPU and the
+backend with the callers' calls: below capacity it costs them only that contention.
 
 Agreement, per compared call: the share of the primary's detections that the candidate also
 found (same class, IoU >= 0.5, each candidate box matched once), the difference in the number
