@@ -40,7 +40,7 @@ else
 $(error BACKEND must be localtriton or triton, not '$(BACKEND)')
 endif
 
-.PHONY: lint triton bench bench-smoke bench-decoders profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
+.PHONY: lint triton bench bench-smoke bench-decoders bench-shadow profile soak all venv system-deps protos models testdata certs envoy-config prometheus-config run test deploy-configs deploy-check capacity clean
 
 all: venv protos models
 
@@ -177,6 +177,12 @@ $(DECODERS): | $(STAMP)
 
 bench-decoders: venv models testdata $(DECODERS)
 	PYTHONPATH=build/decoders $(BIN)/python -m detect_loadtest.decoders
+
+# What shadow traffic costs callers, the proxy and the backend: shadow off vs at 100%, side by
+# side (loadtest/shadow_cost.py): loadtest/results/shadow.
+SHADOW_ARGS ?=
+bench-shadow: venv testdata
+	$(BIN)/python -m detect_loadtest.shadow_cost $(SHADOW_ARGS)
 
 # Where the proxy's CPU goes under load (py-spy): build/profile/summary.txt.
 PROFILE_ARGS ?=

@@ -48,14 +48,24 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """``SIGKILL`` is a crash: it takes the process's children with it, as a container's
+        end does (tritonserver's Python-backend stubs would outlive it otherwise)."""
         if self.popen.poll() is None:
-            self.popen.send_signal(sig)
+            if sig == signal.SIGKILL:
+                self.kill_group()
+            else:
+                self.popen.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                self.kill_group()
                 self.popen.wait()
         return self.popen.returncode
+
+    def kill_group(self) -> None:
+        """SIGKILL to the process and everything it started (its own process group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -63,8 +73,9 @@ def running(args: list[str], log_path: Path, ready: Callable[[], bool],
             timeout: float = 60.0, env: dict[str, str] | None = None) -> Iterator[Process]:
     """Run ``args`` until the block exits; fail with the process log if it never gets ready."""
     log_file = open(log_path, "wb")
+    # Its own process group: whatever it starts can be stopped with it (Process.kill_group).
     popen = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-                             env={**os.environ, **(env or {})})
+                             env={**os.environ, **(env or {})}, start_new_session=True)
     proc = Process(popen, log_path)
     try:
         deadline = time.monotonic() + timeout
@@ -82,6 +93,7 @@ def running(args: list[str], log_path: Path, ready: Callable[[], bool],
         yield proc
     finally:
         proc.stop()
+        proc.kill_group()  # anything it left behind
         log_file.close()
 
 
