@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,8 +157,18 @@ def triton_server(kind: str, tmp_path: Path, *flags: str, port: int | None = Non
     url = f"127.0.0.1:{port}"
     args = [sys.executable, "-m", _MODULES[kind], "--model-repository", str(repository),
             "--grpc-port", str(port), *(tls_flags(tls) if tls else ()), *flags]
-    with running(args, tmp_path / f"{kind}-{port}.log",
-                 lambda: localtriton_ready(url, tls)) as proc:
+    # tritonserver may report ready over gRPC a moment before its metrics endpoint listens.
+    metrics = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--metrics-port"),
+                   None)
+
+    def ready() -> bool:
+        if not localtriton_ready(url, tls):
+            return False
+        if metrics is not None:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=2).close()
+        return True
+
+    with running(args, tmp_path / f"{kind}-{port}.log", ready) as proc:
         yield url, proc
 
 
