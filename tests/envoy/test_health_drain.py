@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_client.channel import connect
 from detect_envoy.listeners import DRAINING_MESSAGE
 from detect_proxy.contract import SERVICE
 from detect_stack.servers import ROOT
@@ -59,9 +60,11 @@ def test_failing_envoy_answers_health_unavailable_and_still_serves(failing):
             assert err.value.details() == DRAINING_MESSAGE
             assert ("x-envoy-immediate-health-check-fail", "true") in \
                 err.value.trailing_metadata()
-        # Draining, not refusing: calls still sent here are served, one after the other and
-        # concurrently (Envoy closes each caller connection gracefully after its call, and
-        # the client reconnects).
+    # Draining, not refusing: calls still sent here are served, one after the other and
+    # concurrently (Envoy closes each caller connection gracefully after its call, and the
+    # client reconnects; a call caught by that GOAWAY is UNAVAILABLE, which the project's
+    # client retries, as callers should).
+    with connect(failing.envoy.front, ca_file=failing.envoy.certs / "ca.crt") as channel:
         stub = detect_pb2_grpc.DetectorStub(channel)
         request = detect_pb2.DetectRequest(image=image)
         for _ in range(5):
