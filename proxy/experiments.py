@@ -239,6 +239,7 @@ class Experiments:
         self.reloads: collections.Counter[str] = collections.Counter()  # by outcome
         self._windows: dict[tuple[str, str], _Window] = {}
         self._text = ""
+        self._changed: str | None = None  # a new text seen once, not yet applied
         self._task: asyncio.Task[None] | None = None
         if path:
             self._text = Path(path).read_text()
@@ -276,8 +277,15 @@ class Experiments:
                 self._text = "\0unreadable"
             return False
         if text == self._text:
+            self._changed = None
             return False
-        self._text = text
+        if text != self._changed:
+            # Applied only once it reads the same on two checks in a row: an editor that
+            # truncates and rewrites in place is never caught half-way (an empty file would
+            # end every experiment for a moment).
+            self._changed = text
+            return False
+        self._text, self._changed = text, None
         try:
             experiments = parse(text)
         except ExperimentError as exc:

@@ -93,3 +93,20 @@ def test_the_guard_judges_latency_and_errors_over_its_window(tmp_path):
     for _ in range(5):
         experiments.record("m", "control", grpc.StatusCode.UNAVAILABLE, 0.001)
     assert "error rate 55.6% > 50.0% over 9 calls" in experiments.guarded[("m", "control")]
+
+
+def test_a_change_applies_once_it_reads_the_same_twice(tmp_path):
+    """An editor that truncates and rewrites in place can be caught with an empty or half
+    file; that read must never end the experiments in force."""
+    path = tmp_path / "experiments.toml"
+    path.write_text(FILE)
+    experiments = Experiments(str(path), 1.0)
+    path.write_text("")  # caught half-way
+    assert not experiments.reload()
+    path.write_text(FILE.replace("weight = 1", "weight = 2"))
+    assert not experiments.reload()  # seen once
+    assert [v.weight for v in experiments.by_model["m"].variants] == [3, 1]
+    assert experiments.reload()  # the same twice: applied
+    assert [v.weight for v in experiments.by_model["m"].variants] == [3, 2]
+    assert not experiments.reload()
+    assert experiments.reloads["applied"] == 1

@@ -162,8 +162,8 @@ def _wait_for_shadow(target: str, version: str) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = operations_pb2_grpc.OperationsStub(channel)
         deadline = time.monotonic() + 10
-        while stub.ListExperiments(operations_pb2.ListExperimentsRequest(), timeout=5) \
-                .experiments[0].shadow_version != version:
+        while [e.shadow_version for e in stub.ListExperiments(
+                operations_pb2.ListExperimentsRequest(), timeout=5).experiments] != [version]:
             assert time.monotonic() < deadline, "the experiments file was not re-read"
             time.sleep(0.05)
 
