@@ -317,10 +317,11 @@ class DetectorService:
         missing = [i for i, answer in enumerate(answers) if answer is None]
         if missing:
             async with self._admitted(budget):
-                with self._experiments.outcome(model.name, model.variant):
+                with self._experiments.outcome(model.name, model.variant) as failed_rows:
                     outcomes = await self._batcher.submit_batch(
                         model, [images[i][0] for i in missing], budget.deadline,
                         budget.request_id)
+                    failed_rows += [o.code for o in outcomes if isinstance(o, ProxyError)]
             for i, outcome in zip(missing, outcomes, strict=True):
                 if isinstance(outcome, ProxyError):
                     answers[i] = outcome

@@ -10,7 +10,10 @@ changing the salt reshuffles everyone. A call without a key gets a random point.
 The guard watches each variant's upstream outcomes over a sliding window; a variant whose
 error rate or p99 latency breaks the experiment's bounds (with enough calls to judge) is
 taken out of the split: its keys spread over the remaining variants until an operator puts
-it back. Each proxy judges its own traffic.
+it back. A breach is the variant's own only when another variant in the split keeps within
+the bounds on calls served since the breach's first bad call: a fault every variant shares
+(a backend outage, overload) takes nobody out, and nobody is judged until some variant keeps
+within the bounds again. Each proxy judges its own traffic.
 
 The file (TOML, one table per model) is re-read when it changes; a file that does not parse
 or validate is logged and counted, and the previous experiments stay in force.
@@ -27,7 +30,7 @@ import math
 import random
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,30 +203,48 @@ def parse(text: str) -> dict[str, Experiment]:
 
 # --- the guard ------------------------------------------------------------------------------
 
+Outcome = tuple[float, bool, float]  # (when, failed, latency_s)
+
+
+def _bad(outcome: Outcome, guard: Guard) -> bool:
+    _, failed, latency_s = outcome
+    return failed or bool(guard.max_p99_ms and latency_s * 1000 > guard.max_p99_ms)
+
+
+def breach(outcomes: Sequence[Outcome], guard: Guard) -> str:
+    """Why these outcomes break the guard's bounds; "" when they do not (or too few calls)."""
+    calls = len(outcomes)
+    if calls < guard.min_calls:
+        return ""
+    errors = sum(failed for _, failed, _ in outcomes) / calls
+    if errors > guard.max_error_rate:
+        return f"error rate {errors:.1%} > {guard.max_error_rate:.1%} over {calls} calls"
+    if guard.max_p99_ms:
+        latencies = sorted(latency for _, _, latency in outcomes)
+        p99_ms = latencies[min(calls - 1, math.ceil(0.99 * calls) - 1)] * 1000
+        if p99_ms > guard.max_p99_ms:
+            return f"p99 latency {p99_ms:.0f} ms > {guard.max_p99_ms:.0f} ms over {calls} calls"
+    return ""
+
+
 @dataclass
 class _Window:
-    outcomes: collections.deque[tuple[float, bool, float]] = field(
-        default_factory=collections.deque)  # (when, failed, latency_s)
+    outcomes: collections.deque[Outcome] = field(default_factory=collections.deque)
 
-    def add(self, now: float, failed: bool, latency_s: float, window_s: float) -> None:
-        self.outcomes.append((now, failed, latency_s))
+    def add(self, outcome: Outcome, window_s: float) -> None:
+        self.outcomes.append(outcome)
+        self.expire(outcome[0], window_s)
+
+    def expire(self, now: float, window_s: float) -> None:
         while self.outcomes and self.outcomes[0][0] < now - window_s:
             self.outcomes.popleft()
 
-    def breach(self, guard: Guard) -> str:
-        """Why the variant breaks the guard's bounds; "" when it does not (or too few calls)."""
-        calls = len(self.outcomes)
-        if calls < guard.min_calls:
-            return ""
-        errors = sum(failed for _, failed, _ in self.outcomes) / calls
-        if errors > guard.max_error_rate:
-            return f"error rate {errors:.1%} > {guard.max_error_rate:.1%} over {calls} calls"
-        if guard.max_p99_ms:
-            latencies = sorted(latency for _, _, latency in self.outcomes)
-            p99_ms = latencies[min(calls - 1, math.ceil(0.99 * calls) - 1)] * 1000
-            if p99_ms > guard.max_p99_ms:
-                return f"p99 latency {p99_ms:.0f} ms > {guard.max_p99_ms:.0f} ms over {calls} calls"
-        return ""
+    def onset(self, guard: Guard) -> float:
+        """When the window's first bad call happened: where a breach's evidence starts."""
+        return next((o[0] for o in self.outcomes if _bad(o, guard)), self.outcomes[0][0])
+
+    def since(self, when: float) -> list[Outcome]:
+        return [o for o in self.outcomes if o[0] >= when]
 
 
 class Experiments:
@@ -236,6 +257,7 @@ class Experiments:
         self._clock = clock
         self.by_model: dict[str, Experiment] = {}
         self.guarded: dict[tuple[str, str], str] = {}  # (model, variant) -> why
+        self.shared_breach: set[str] = set()  # models whose every variant breaches at once
         self.reloads: collections.Counter[str] = collections.Counter()  # by outcome
         self._windows: dict[tuple[str, str], _Window] = {}
         self._text = ""
@@ -340,26 +362,85 @@ class Experiments:
         if not variant or experiment is None or experiment.guard is None \
                 or code == grpc.StatusCode.CANCELLED:
             return
-        guard = experiment.guard
+        guard, now = experiment.guard, self._clock()
         window = self._windows.setdefault((model, variant), _Window())
-        window.add(self._clock(), code not in NOT_THE_VARIANTS_FAULT, latency_s, guard.window_s)
+        window.add((now, code not in NOT_THE_VARIANTS_FAULT, latency_s), guard.window_s)
         if (model, variant) in self.guarded:
             return
-        why = window.breach(guard)
-        if why:
-            self.guarded[(model, variant)] = why
-            log.warning("experiment %s: variant %s taken out of the split: %s; an operator "
-                        "puts it back (detect ops restore)", model, variant, why)
+        why = breach(window.outcomes, guard)
+        if model in self.shared_breach:
+            if len(window.outcomes) >= guard.min_calls and not why:
+                self._judge_afresh(experiment)
+            return
+        if not why:
+            return
+        others = self._others_since(experiment, variant, window.onset(guard))
+        if others is None:
+            return  # the others have too few calls since the breach began: wait
+        if others and all(others.values()):
+            self._shared(experiment, {variant: why, **others})
+            return
+        self.guarded[(model, variant)] = why
+        log.warning("experiment %s: variant %s taken out of the split: %s; an operator "
+                    "puts it back (detect ops restore)", model, variant, why)
+
+    def _others_since(self, experiment: Experiment, variant: str,
+                      onset: float) -> dict[str, str] | None:
+        """How the other variants in the split fared since ``onset`` (a variant's breach
+        began): why each breaks the bounds, "" for one that keeps within them. A breach is
+        the variant's own only when another, on calls of the same time, keeps within the
+        bounds; None while none keeps within them and some have too few calls to judge."""
+        assert experiment.guard is not None
+        guard, now = experiment.guard, self._clock()
+        verdicts: dict[str, str] = {}
+        waiting = False
+        for other in self.active(experiment):
+            if other.name == variant or other.weight == 0:
+                continue
+            window = self._windows.get((experiment.model, other.name), _Window())
+            window.expire(now, guard.window_s)
+            recent = window.since(onset)
+            if len(recent) < guard.min_calls:
+                waiting = True
+                continue
+            verdicts[other.name] = breach(recent, guard)
+            if not verdicts[other.name]:
+                return verdicts
+        return None if waiting else verdicts
+
+    def _shared(self, experiment: Experiment, verdicts: dict[str, str]) -> None:
+        """Every variant breaks the bounds on calls of the same time: a fault they share
+        (backend outage, overload). Nobody is judged until one of them keeps within the
+        bounds again, and what the windows saw meanwhile is nobody's evidence."""
+        self.shared_breach.add(experiment.model)
+        log.warning("experiment %s: every variant breaks its guard at once (%s): a fault they "
+                    "share, such as a backend outage or overload; none taken out",
+                    experiment.model, "; ".join(f"{n}: {why}" for n, why in verdicts.items()))
+        self._forget(experiment)
+
+    def _judge_afresh(self, experiment: Experiment) -> None:
+        self.shared_breach.discard(experiment.model)
+        log.info("experiment %s: a variant keeps within its guard's bounds again; the guard "
+                 "judges afresh", experiment.model)
+        self._forget(experiment)
+
+    def _forget(self, experiment: Experiment) -> None:
+        for variant in experiment.variants:
+            self._windows.pop((experiment.model, variant.name), None)
 
     @contextlib.contextmanager
-    def outcome(self, model: str, variant: str) -> Iterator[None]:
-        """Times the upstream work in the block and records how it ended for ``variant``."""
+    def outcome(self, model: str, variant: str) -> Iterator[list[grpc.StatusCode]]:
+        """Times the upstream work in the block and records how it ended for ``variant``.
+        The block adds the codes of rows that failed on their own (a batch's images): the
+        first that is the variant's fault counts the call as failed."""
+        rows: list[grpc.StatusCode] = []
         if not variant:
-            yield
+            yield rows
             return
         start, code = self._clock(), grpc.StatusCode.OK
         try:
-            yield
+            yield rows
+            code = next((c for c in rows if c not in NOT_THE_VARIANTS_FAULT), code)
         except ProxyError as exc:
             code = exc.code
             raise

@@ -121,6 +121,12 @@ class DetectProxy:
                       {"model": e.model, "variant": v.name, "version": v.version})
                      for e in self.experiments.by_model.values() for v in e.variants])
         self.telemetry.observe(
+            "detect.experiment.shared_breach", "1 while every variant of a model's experiment "
+            "breaks its guard at once: a fault they share (backend outage, overload), so none "
+            "is taken out",
+            lambda: [(1 if e.model in self.experiments.shared_breach else 0, {"model": e.model})
+                     for e in self.experiments.by_model.values()])
+        self.telemetry.observe(
             "detect.experiment.reloads", "re-reads of the experiments file that changed it, by "
             "outcome: applied, invalid (kept the experiments in force) or unreadable",
             lambda: [(n, {"outcome": outcome})

@@ -77,11 +77,13 @@ def test_the_guard_judges_latency_and_errors_over_its_window(tmp_path):
         experiments.record("m", "candidate", grpc.StatusCode.OK, 0.5)
     assert not experiments.guarded
     clock.now = 11.0  # those left the window
-    for _ in range(3):
+    for _ in range(4):
         experiments.record("m", "candidate", grpc.StatusCode.OK, 0.5)
-    assert not experiments.guarded
+    assert not experiments.guarded  # breaches, but control has too few calls to compare with
+    for _ in range(4):
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.01)
     experiments.record("m", "candidate", grpc.StatusCode.OK, 0.5)
-    assert "p99 latency 500 ms > 100 ms over 4 calls" in experiments.guarded[("m", "candidate")]
+    assert "p99 latency 500 ms > 100 ms over 5 calls" in experiments.guarded[("m", "candidate")]
     # Out of the split: every caller now gets control.
     choices = {experiments.choose("m", "", f"k{i}", "", "").variant for i in range(200)}
     assert choices == {"control"}
@@ -90,9 +92,13 @@ def test_the_guard_judges_latency_and_errors_over_its_window(tmp_path):
     for _ in range(4):
         experiments.record("m", "control", grpc.StatusCode.INVALID_ARGUMENT, 0.001)
     assert not experiments.guarded
-    for _ in range(5):
+    for _ in range(4):  # back in the split, and fine now
+        experiments.record("m", "candidate", grpc.StatusCode.OK, 0.001)
+    for _ in range(8):
         experiments.record("m", "control", grpc.StatusCode.UNAVAILABLE, 0.001)
-    assert "error rate 55.6% > 50.0% over 9 calls" in experiments.guarded[("m", "control")]
+    assert not experiments.guarded  # 8 of 16: at the bound, not over it
+    experiments.record("m", "control", grpc.StatusCode.UNAVAILABLE, 0.001)
+    assert "error rate 52.9% > 50.0% over 17 calls" in experiments.guarded[("m", "control")]
 
 
 def test_a_change_applies_once_it_reads_the_same_twice(tmp_path):
@@ -110,3 +116,50 @@ def test_a_change_applies_once_it_reads_the_same_twice(tmp_path):
     assert [v.weight for v in experiments.by_model["m"].variants] == [3, 2]
     assert not experiments.reload()
     assert experiments.reloads["applied"] == 1
+
+
+def test_a_fault_every_variant_shares_takes_none_out(tmp_path):
+    path = tmp_path / "experiments.toml"
+    path.write_text(FILE)
+    clock = Clock()
+    experiments = Experiments(str(path), 1.0, clock)
+    for _ in range(10):
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
+        experiments.record("m", "candidate", grpc.StatusCode.OK, 0.001)
+    clock.now = 1.0  # the backend goes down; control's callers happen to come first
+    for _ in range(12):
+        experiments.record("m", "control", grpc.StatusCode.UNAVAILABLE, 0.001)
+    # Control breaks the bounds, but candidate has had no call since: nothing to compare.
+    assert not experiments.guarded
+    for _ in range(11):
+        experiments.record("m", "candidate", grpc.StatusCode.UNAVAILABLE, 0.001)
+    assert not experiments.guarded
+    assert experiments.shared_breach == {"m"}
+    clock.now = 2.0  # back
+    for _ in range(4):
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
+        experiments.record("m", "candidate", grpc.StatusCode.OK, 0.001)
+    assert not experiments.guarded and not experiments.shared_breach
+    clock.now = 3.0  # now the candidate alone fails: its own fault
+    for _ in range(5):
+        experiments.record("m", "candidate", grpc.StatusCode.INTERNAL, 0.001)
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
+    # Judged on what came after control was back within bounds (the windows started again).
+    assert "error rate 83.3% > 50.0% over 6 calls" in experiments.guarded[("m", "candidate")]
+
+
+def test_a_batch_row_that_fails_counts_against_the_variant(tmp_path):
+    path = tmp_path / "experiments.toml"
+    path.write_text(FILE)
+    experiments = Experiments(str(path), 1.0)
+    for _ in range(4):
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
+    for _ in range(4):
+        with experiments.outcome("m", "candidate") as failed_rows:
+            failed_rows += [grpc.StatusCode.INVALID_ARGUMENT]  # the caller's image: not it
+    assert not experiments.guarded
+    for _ in range(5):
+        with experiments.outcome("m", "candidate") as failed_rows:
+            failed_rows += [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL]
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
+    assert "error rate 55.6% > 50.0% over 9 calls" in experiments.guarded[("m", "candidate")]

@@ -5,6 +5,7 @@ a real server holding five versions of a light detector (1 and 2 answer alike, 3
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,14 @@ from detect.v1 import detect_pb2, detect_pb2_grpc, operations_pb2, operations_pb
 from detect_proxy import contract
 from detect_proxy.experiments import bucket
 from detect_stack.promtext import scrape, value
-from detect_stack.servers import TESTDATA, free_port, proxy, triton_server, versioned_models
+from detect_stack.servers import (
+    TESTDATA,
+    free_port,
+    proxy,
+    triton_server,
+    versioned_models,
+    wait_for,
+)
 
 MODEL = "versioned_detector"
 SALT = "test-salt"
@@ -40,17 +48,19 @@ def _experiment(weights: tuple[float, float], candidate: str = "2", shadow: str 
 
 
 @contextlib.contextmanager
-def _stack(tmp_path: Path, backend: str, experiments: str):
+def _stack(tmp_path: Path, backend: str, experiments: str, port: int | None = None):
+    """(stub, experiments file, backend url, metrics port, proxy target, proxy, backend)"""
     repository = versioned_models(tmp_path / "repository")
     path = tmp_path / "experiments.toml"
     path.write_text(experiments)
     metrics_port = free_port()
-    with triton_server(backend, tmp_path, repository=repository) as (url, _), \
+    with triton_server(backend, tmp_path, repository=repository, port=port) as (url, server), \
             proxy(tmp_path, url, "--exposed-models", MODEL, "--default-model", MODEL,
                   "--experiments", str(path), "--experiments-refresh-ms", "100",
                   metrics_port=metrics_port) as (target, process), \
             grpc.insecure_channel(target) as channel:
-        yield detect_pb2_grpc.DetectorStub(channel), path, url, metrics_port, target, process
+        yield (detect_pb2_grpc.DetectorStub(channel), path, url, metrics_port, target, process,
+               server)
 
 
 def _detect(stub, image: bytes, key: str = "", **headers: str) -> detect_pb2.DetectResponse:
@@ -74,12 +84,20 @@ def _reload(stub, image: bytes, path: Path, text: str, probe: str, expect: str) 
         time.sleep(0.05)
 
 
+def _answers(stub, image: bytes) -> bool:
+    try:
+        _detect(stub, image)
+        return True
+    except grpc.RpcError:
+        return False
+
+
 def _metric(port: int, name: str, **labels: str) -> float:
     return value(scrape(port), name, **labels)
 
 
 def test_pinned_versions_and_what_the_response_says(tmp_path, backend, images):
-    with _stack(tmp_path, backend, _experiment((1, 0))) as (stub, _, _, _, target, _):
+    with _stack(tmp_path, backend, _experiment((1, 0))) as (stub, _, _, _, target, *_):
         image = images["coffee.png"]
         for version in ("1", "2", "3"):
             answer = stub.Detect(detect_pb2.DetectRequest(image=image, model_version=version),
@@ -181,7 +199,7 @@ def _shadowed(metrics: int, calls: int, **labels: str) -> float:
 def test_shadow_agreement_and_backend_work(tmp_path, backend, images):
     image = images["coffee.png"]
     with _stack(tmp_path, backend, _experiment((1, 0), shadow="2")) as (stub, path, url,
-                                                                         metrics, target, _):
+                                                                         metrics, target, *_):
         for i in range(40):
             assert _detect(stub, image, f"k{i}").model_version == "1"
         compared = _shadowed(metrics, 40, version="2")
@@ -221,15 +239,25 @@ def test_guard_takes_a_failing_candidate_out_until_an_operator_puts_it_back(tmp_
     image = images["coffee.png"]
     guard = "window_s = 30\nmin_calls = 5\nmax_error_rate = 0.2"
     with _stack(tmp_path, "localtriton", _experiment((50, 50), candidate="4", guard=guard)) \
-            as (stub, _, _, metrics, target, process):
+            as (stub, _, _, metrics, target, process, _):
         failures = Counter()
         for i in range(200):
             try:
                 assert _detect(stub, image, f"caller-{i}").variant == "control"
             except grpc.RpcError as err:
                 failures[err.code()] += 1
-        # The candidate's keys fail until its window holds min_calls; none after.
-        assert failures == Counter({grpc.StatusCode.INTERNAL: 5})
+        # The candidate's keys fail until a failure finds its window holding min_calls (5)
+        # and control keeping within the bounds on the calls it served since the candidate's
+        # first failure (5 or more); none after.
+        candidate, control_since = 0, 0
+        for point in (bucket(SALT, f"caller-{i}") for i in range(200)):
+            if point < 0.5:
+                control_since += candidate > 0
+                continue
+            candidate += 1
+            if candidate >= 5 and control_since >= 5:
+                break
+        assert failures == Counter({grpc.StatusCode.INTERNAL: candidate})
         assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 1
         assert _metric(metrics, "detect_experiment_weight", variant="candidate") == 0
         assert "taken out of the split: error rate 100.0%" in process.log()
@@ -242,3 +270,36 @@ def test_guard_takes_a_failing_candidate_out_until_an_operator_puts_it_back(tmp_
         with pytest.raises(grpc.RpcError) as again:
             _detect(stub, image, key)
         assert again.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_a_backend_outage_takes_no_variant_out(tmp_path, images):
+    """Every variant fails alike while the backend is down: a fault they share, not a
+    variant's, so the split is the same when the backend is back."""
+    image = images["coffee.png"]
+    guard = "window_s = 2\nmin_calls = 5\nmax_error_rate = 0.2"
+    port = free_port()
+    keys = [f"caller-{i}" for i in range(40)]
+    with _stack(tmp_path, "localtriton", _experiment((50, 50), guard=guard), port=port) \
+            as (stub, _, _, metrics, _, process, backend):
+        before = _versions(stub, image, keys)
+        assert set(before.values()) == {"1", "2"}
+        backend.stop(signal.SIGKILL)
+        failures = Counter()
+        for key in keys:
+            try:
+                _detect(stub, image, key)
+            except grpc.RpcError as err:
+                failures[err.code()] += 1
+        assert failures == Counter({grpc.StatusCode.UNAVAILABLE: len(keys)})
+        assert _metric(metrics, "detect_experiment_shared_breach", model=MODEL) == 1
+        assert "every variant breaks its guard at once" in process.log()
+        with triton_server("localtriton", tmp_path, repository=tmp_path / "repository",
+                           port=port):
+            wait_for(lambda: _answers(stub, image), 10, "recovery")
+            # Once the failures leave the window the guard judges afresh; nobody was out.
+            wait_for(lambda: _versions(stub, image, keys) == before
+                     and _metric(metrics, "detect_experiment_shared_breach", model=MODEL) == 0,
+                     10, "the guard judging afresh")
+        assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 0
+        assert _metric(metrics, "detect_experiment_guarded", variant="control") == 0
+        assert "the guard judges afresh" in process.log()
