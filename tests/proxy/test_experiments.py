@@ -235,6 +235,37 @@ def _ops(target: str, *args: str) -> str:
                           capture_output=True, text=True, check=True, timeout=30).stdout
 
 
+def _bad_calls_before_the_guard(min_calls: int) -> int:
+    """How many of the calls ``caller-0``, ``caller-1``, ... (one at a time, 50/50) reach a bad
+    candidate: until one of them finds its window holding min_calls and control keeping
+    within the bounds on the calls it served since the candidate's first bad call (min_calls
+    or more); none after."""
+    candidate, control_since = 0, 0
+    for point in (bucket(SALT, f"caller-{i}") for i in range(200)):
+        if point < 0.5:
+            control_since += candidate > 0
+            continue
+        candidate += 1
+        if candidate >= min_calls and control_since >= min_calls:
+            break
+    return candidate
+
+
+def test_guard_takes_a_slow_candidate_out(tmp_path, images):
+    image = images["coffee.png"]
+    guard = "window_s = 30\nmin_calls = 5\nmax_error_rate = 0.2\nmax_p99_ms = 150"
+    with _stack(tmp_path, "localtriton", _experiment((50, 50), candidate="5", guard=guard)) \
+            as (stub, _, _, metrics, _, process, _):
+        slow = 0
+        for i in range(60):
+            start = time.monotonic()
+            _detect(stub, image, f"caller-{i}")
+            slow += time.monotonic() - start > 0.25  # version 5 takes 0.3 s
+        assert slow == _bad_calls_before_the_guard(5)
+        assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 1
+        assert "taken out of the split: p99 latency 3" in process.log()
+
+
 def test_guard_takes_a_failing_candidate_out_until_an_operator_puts_it_back(tmp_path, images):
     image = images["coffee.png"]
     guard = "window_s = 30\nmin_calls = 5\nmax_error_rate = 0.2"
@@ -246,18 +277,7 @@ def test_guard_takes_a_failing_candidate_out_until_an_operator_puts_it_back(tmp_
                 assert _detect(stub, image, f"caller-{i}").variant == "control"
             except grpc.RpcError as err:
                 failures[err.code()] += 1
-        # The candidate's keys fail until a failure finds its window holding min_calls (5)
-        # and control keeping within the bounds on the calls it served since the candidate's
-        # first failure (5 or more); none after.
-        candidate, control_since = 0, 0
-        for point in (bucket(SALT, f"caller-{i}") for i in range(200)):
-            if point < 0.5:
-                control_since += candidate > 0
-                continue
-            candidate += 1
-            if candidate >= 5 and control_since >= 5:
-                break
-        assert failures == Counter({grpc.StatusCode.INTERNAL: candidate})
+        assert failures == Counter({grpc.StatusCode.INTERNAL: _bad_calls_before_the_guard(5)})
         assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 1
         assert _metric(metrics, "detect_experiment_weight", variant="candidate") == 0
         assert "taken out of the split: error rate 100.0%" in process.log()
