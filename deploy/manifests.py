@@ -91,6 +91,48 @@ def env_of(c: dict) -> dict[str, str]:
     return {v["name"]: v["value"] for v in c.get("env", []) if "value" in v}
 
 
+def configmap_file(deployment: dict, container_name: str, path: str) -> Path:
+    """The file in deploy/k8s that a container sees at ``path``: through its volume mount,
+    the pod's ConfigMap volume, and the kustomization's generator of that ConfigMap. Fails
+    where a link of the chain is missing."""
+    spec = deployment["spec"]["template"]["spec"]
+    mount = next((m for m in container(deployment, container_name).get("volumeMounts", [])
+                  if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    assert mount is not None, f"nothing is mounted at {path}"
+    assert "subPath" not in mount, "a subPath mount never sees a ConfigMap update"
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "configMap" in volume, f"volume {mount['name']} is not a ConfigMap"
+    key = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    generator = next(g for g in kustomization["configMapGenerator"]
+                     if g["name"] == volume["configMap"]["name"])
+    files = [f for f in generator["files"] if f.rsplit("/", 1)[-1] == key]
+    assert len(files) == 1, f"ConfigMap {generator['name']} has no key {key}"
+    return K8S / files[0]
+
+
+def env_here(deployment: dict, container_name: str) -> dict[str, str]:
+    """A container's environment with each path into a ConfigMap volume replaced by the
+    ConfigMap's source file in deploy/k8s, so the program can read it here."""
+    c = container(deployment, container_name)
+    mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", [])
+              if "configMap" in next(v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                                     if v["name"] == m["name"])]
+    return {name: str(configmap_file(deployment, container_name, value))
+            if any(value.startswith(m) for m in mounts) else value
+            for name, value in env_of(c).items()}
+
+
+def compose_bind_file(service: dict, path: str) -> Path:
+    """The file on the host that a Compose service sees at ``path`` through a bind mount of
+    its directory (relative sources are relative to deploy/, where compose.yaml lives)."""
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith(".") and path.startswith(target.rstrip("/") + "/"):
+            return DEPLOY / source / path[len(target.rstrip("/")) + 1:]
+    raise AssertionError(f"nothing is bind-mounted at {path}")
+
+
 def pod_labels(deployment: dict) -> dict[str, str]:
     return dict(deployment["spec"]["template"]["metadata"]["labels"])
 

@@ -23,8 +23,10 @@ from detect_deploy.manifests import (
     argv,
     cluster,
     cluster_ports,
+    compose_bind_file,
+    configmap_file,
     container,
-    env_of,
+    env_here,
     find,
     flag,
     listener_port,
@@ -57,8 +59,25 @@ def proxy_settings(args: list[str], env: dict[str, str] | None = None,
 
 
 def pod_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> proxy_config.ProxyConfig:
-    proxy = container(find("Deployment", "detect-proxy"), "proxy")
-    return proxy_settings(argv(proxy), env_of(proxy), monkeypatch)
+    """The proxy container's settings; files it reads from a ConfigMap are read from the
+    ConfigMap's source here (the proxy validates them at start)."""
+    deployment = find("Deployment", "detect-proxy")
+    return proxy_settings(argv(container(deployment, "proxy")), env_here(deployment, "proxy"),
+                          monkeypatch)
+
+
+def compose_proxy_settings(compose: dict,
+                           monkeypatch: pytest.MonkeyPatch) -> proxy_config.ProxyConfig:
+    """The Compose proxy service's settings, its experiments file read from the host's side
+    of the bind mount, which must be the Kubernetes ConfigMap's file (one experiments file
+    for both)."""
+    service = compose["services"]["proxy"]
+    env = dict(service["environment"])
+    experiments = compose_bind_file(service, env["DETECT_PROXY_EXPERIMENTS"])
+    assert experiments.resolve() == configmap_file(
+        find("Deployment", "detect-proxy"), "proxy", env["DETECT_PROXY_EXPERIMENTS"])
+    env["DETECT_PROXY_EXPERIMENTS"] = str(experiments)
+    return proxy_settings(["detect-proxy", *service["command"]], env, monkeypatch)
 
 
 def triton_settings(args: list[str]) -> localtriton_options.Options:
@@ -236,8 +255,7 @@ def test_triton_flags_are_the_ones_the_readme_ships():
 
 def test_compose_proxies_match_envoy_and_prometheus(compose, compose_envoy, monkeypatch):
     services = compose["services"]
-    settings = proxy_settings(["detect-proxy", *services["proxy"]["command"]],
-                              services["proxy"]["environment"], monkeypatch)
+    settings = compose_proxy_settings(compose, monkeypatch)
     host, first = host_port(settings.listen)
     ports = [(host, first + i) for i in range(settings.processes)]
     assert settings.processes == configs.COMPOSE_PROXY_PROCESSES
@@ -320,17 +338,8 @@ def test_compose_and_kubernetes_use_the_same_images(compose, image, target):
 # ---------------------------------------------------------------- Redis, the shared cache
 
 
-def redis_url_of(env: list[dict], monkeypatch: pytest.MonkeyPatch, args: list[str]) -> str:
-    """The proxy's --redis-url as the proxy reads it: its flags with the container's
-    environment (DETECT_PROXY_*)."""
-    for variable in env:
-        monkeypatch.setenv(variable["name"], variable["value"])
-    return proxy_settings(args).redis_url
-
-
 def test_kubernetes_proxies_reach_redis_through_its_service(monkeypatch):
-    proxy = container(find("Deployment", "detect-proxy"), "proxy")
-    url = urlsplit(redis_url_of(proxy.get("env", []), monkeypatch, argv(proxy)))
+    url = urlsplit(pod_proxy_settings(monkeypatch).redis_url)
     assert url.scheme == "redis" and url.path == "/0"
     service = find("Service", str(url.hostname))
     [port] = [p for p in service["spec"]["ports"] if p["port"] == url.port]
@@ -348,8 +357,7 @@ def test_kubernetes_proxies_reach_redis_through_its_service(monkeypatch):
 def test_compose_proxies_reach_the_redis_service(compose, monkeypatch):
     services = compose["services"]
     proxy = services["proxy"]
-    env = [{"name": k, "value": v} for k, v in proxy["environment"].items()]
-    url = urlsplit(redis_url_of(env, monkeypatch, ["detect-proxy", *proxy["command"]]))
+    url = urlsplit(compose_proxy_settings(compose, monkeypatch).redis_url)
     assert url.scheme == "redis" and url.hostname in services
     assert url.port == int(flag(services[str(url.hostname)]["command"], "--port"))
     assert proxy["depends_on"][url.hostname]["condition"] == "service_started"

@@ -27,6 +27,7 @@ from detect_deploy.manifests import (
     cluster,
     cluster_ports,
     container,
+    env_here,
     env_of,
     find,
     k8s_documents,
@@ -69,8 +70,9 @@ def deployment_of(group: GroupSpec) -> dict:
 
 
 def test_the_proxies_and_the_renderer_name_the_same_groups(monkeypatch):
-    proxy = container(find("Deployment", "detect-proxy"), "proxy")
-    for name, value in env_of(proxy).items():
+    deployment = find("Deployment", "detect-proxy")
+    proxy = container(deployment, "proxy")
+    for name, value in env_here(deployment, "proxy").items():
         monkeypatch.setenv(name, value)
     settings = proxy_config.parse(argv(proxy)[1:])  # the proxy reads its environment so
     assert settings.groups == k8s_groups() and len(settings.groups) >= 2

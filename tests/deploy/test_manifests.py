@@ -243,8 +243,12 @@ def test_kustomize_builds_with_kubectl_when_available(tmp_path, dev_tls):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
-    [cm] = [d for d in built if d["kind"] == "ConfigMap"]
-    assert cm["metadata"]["name"].startswith("detect-envoy-")
-    assert cm["metadata"]["name"] in out.stdout.split("kind: Deployment", 1)[1]
+    maps = {d["metadata"]["name"].rsplit("-", 1)[0] if "envoy" in d["metadata"]["name"]
+            else d["metadata"]["name"]: d for d in built if d["kind"] == "ConfigMap"}
+    assert sorted(maps) == ["detect-envoy", "detect-experiments"]
+    # Envoy's gets a hash in its name (a change rolls the pods); the experiments keep theirs
+    # (re-applied in place, re-read by the running proxies).
+    assert maps["detect-envoy"]["metadata"]["name"] in out.stdout.split("kind: Deployment", 1)[1]
+    assert "experiments.toml" in maps["detect-experiments"]["data"]
     for d in built:
         kubernetes_validate.validate(d, OLDEST, strict=True)

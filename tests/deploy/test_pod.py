@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -27,11 +28,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect.v1 import detect_pb2, detect_pb2_grpc, operations_pb2, operations_pb2_grpc
 from detect_deploy import configs
 from detect_deploy.manifests import (
     DEPLOY,
     argv,
+    configmap_file,
     container,
     env_of,
     find,
@@ -136,6 +138,11 @@ def pod(tmp_path_factory, dev_tls):
         # exposes (its default: the ensembles only).
         proxy_args += ["--triton-groups", ";".join(f"{g}={a}" for g, a in here.items()),
                        "--exposed-models="]
+        # The experiments volume, laid out as the kubelet writes a ConfigMap volume.
+        mounted = env_of(container(deployment, "proxy"))["DETECT_PROXY_EXPERIMENTS"]
+        experiments = configmap_file(deployment, "proxy", mounted)
+        configmap_volume(tmp / "experiments", {experiments.name: experiments.read_text()})
+        proxy_args += ["--experiments", str(tmp / "experiments" / experiments.name)]
         target = f"127.0.0.1:{ports['proxy']}"
         assert target == listen
         config = configs.k8s_envoy(
@@ -176,7 +183,27 @@ def pod(tmp_path_factory, dev_tls):
                                   wait_serving=False))
         wait_for(ready, 60, "the pod's readiness probe")
         yield {**ports, "target": target, "ops_target": ops, "deployment": deployment,
-               "backend": backend, "models": models}
+               "backend": backend, "models": models, "experiments": tmp / "experiments",
+               "shipped_experiments": experiments}
+
+
+def configmap_volume(directory: Path, files: dict[str, str]) -> None:
+    """Write ``files`` as the kubelet updates a ConfigMap volume: into a new hidden
+    directory, then the ``..data`` link swapped to it in one rename (each file is a link
+    through ``..data``), so a reader sees the old files or the new ones, never a mix."""
+    directory.mkdir(exist_ok=True)
+    data = directory / "..data"
+    old = data.resolve() if data.exists() else None
+    new = directory / f"..{time.time_ns()}"
+    new.mkdir()
+    for name, text in files.items():
+        (new / name).write_text(text)
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+    (directory / "..data_tmp").symlink_to(new.name)
+    os.replace(directory / "..data_tmp", data)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def detect(channel: grpc.Channel) -> int:
@@ -249,6 +276,39 @@ def test_the_proxy_routes_each_call_to_a_group_serving_its_model(pod, dev_tls):
         proxied = sum(v for k, v in calls.items() if dict(k)["group"] == group)
         assert routed >= proxied
     assert stat(pod["admin"], "cluster.triton.upstream_rq_total") == 0
+
+
+def experiments_in_force(target: str) -> list[str]:
+    with grpc.insecure_channel(target) as channel:
+        reply = operations_pb2_grpc.OperationsStub(channel).ListExperiments(
+            operations_pb2.ListExperimentsRequest(), timeout=5)
+    return [f"{e.model}: " + ", ".join(f"{v.name}=v{v.version}" for v in e.variants)
+            for e in reply.experiments]
+
+
+TRIAL = """
+[face_detector]
+salt = "pod-test"
+[[face_detector.variants]]
+name = "control"
+version = "1"
+weight = 1
+"""
+
+
+def test_an_updated_experiments_configmap_is_applied_without_a_restart(pod, dev_tls):
+    shipped = pod["shipped_experiments"].read_text()
+    assert experiments_in_force(pod["target"]) == []  # the shipped file has none
+    configmap_volume(pod["experiments"], {"experiments.toml": shipped + TRIAL})
+    wait_for(lambda: experiments_in_force(pod["target"]) == ["face_detector: control=v1"],
+             10, "the updated ConfigMap in force")
+    with tls_channel(pod, dev_tls) as channel:
+        reply = detect_pb2_grpc.DetectorStub(channel).Detect(
+            detect_pb2.DetectRequest(image=(TESTDATA / "astronaut.png").read_bytes()),
+            timeout=10)
+    assert (reply.model_version, reply.variant) == ("1", "control")
+    configmap_volume(pod["experiments"], {"experiments.toml": shipped})
+    wait_for(lambda: experiments_in_force(pod["target"]) == [], 10, "the shipped file again")
 
 
 def test_ops_listener_serves_metrics_and_probes_and_nothing_of_the_admin(pod, dev_tls):
