@@ -30,8 +30,8 @@ import math
 import random
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +206,8 @@ def parse(text: str) -> dict[str, Experiment]:
 Outcome = tuple[float, bool, float]  # (when, failed, latency_s)
 
 
-def _bad(outcome: Outcome, guard: Guard) -> bool:
-    _, failed, latency_s = outcome
-    return failed or bool(guard.max_p99_ms and latency_s * 1000 > guard.max_p99_ms)
+def _slow(outcome: Outcome, guard: Guard) -> bool:
+    return bool(guard.max_p99_ms) and outcome[2] * 1000 > guard.max_p99_ms
 
 
 def breach(outcomes: Sequence[Outcome], guard: Guard) -> str:
@@ -227,21 +226,48 @@ def breach(outcomes: Sequence[Outcome], guard: Guard) -> str:
     return ""
 
 
-@dataclass
-class _Window:
-    outcomes: collections.deque[Outcome] = field(default_factory=collections.deque)
+class GuardWindow:
+    """A variant's outcomes over the last window_s, with running counts of the failed and the
+    slow ones, so that judging a call costs O(1) however many calls the window holds (the
+    exact figures are computed only for a breach)."""
 
-    def add(self, outcome: Outcome, window_s: float) -> None:
+    def __init__(self, guard: Guard, outcomes: Iterable[Outcome] = ()) -> None:
+        self.guard = guard
+        self.outcomes: collections.deque[Outcome] = collections.deque()
+        self.failed = self.slow = 0
+        for outcome in outcomes:
+            self._keep(outcome)
+
+    def _keep(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        self.expire(outcome[0], window_s)
+        self.failed += outcome[1]
+        self.slow += _slow(outcome, self.guard)
 
-    def expire(self, now: float, window_s: float) -> None:
-        while self.outcomes and self.outcomes[0][0] < now - window_s:
-            self.outcomes.popleft()
+    def add(self, outcome: Outcome) -> None:
+        self._keep(outcome)
+        self.expire(outcome[0])
 
-    def onset(self, guard: Guard) -> float:
+    def expire(self, now: float) -> None:
+        while self.outcomes and self.outcomes[0][0] < now - self.guard.window_s:
+            outcome = self.outcomes.popleft()
+            self.failed -= outcome[1]
+            self.slow -= _slow(outcome, self.guard)
+
+    def breach(self) -> str:
+        """As ``breach(self.outcomes, guard)``. p99 > bound exactly when more than the
+        calls below the p99 rank are slower than the bound."""
+        calls, guard = len(self.outcomes), self.guard
+        if calls < guard.min_calls:
+            return ""
+        if self.failed / calls > guard.max_error_rate or \
+                self.slow >= calls - math.ceil(0.99 * calls) + 1:
+            return breach(self.outcomes, guard)
+        return ""
+
+    def onset(self) -> float:
         """When the window's first bad call happened: where a breach's evidence starts."""
-        return next((o[0] for o in self.outcomes if _bad(o, guard)), self.outcomes[0][0])
+        return next((o[0] for o in self.outcomes if o[1] or _slow(o, self.guard)),
+                    self.outcomes[0][0])
 
     def since(self, when: float) -> list[Outcome]:
         return [o for o in self.outcomes if o[0] >= when]
@@ -259,7 +285,7 @@ class Experiments:
         self.guarded: dict[tuple[str, str], str] = {}  # (model, variant) -> why
         self.shared_breach: set[str] = set()  # models whose every variant breaches at once
         self.reloads: collections.Counter[str] = collections.Counter()  # by outcome
-        self._windows: dict[tuple[str, str], _Window] = {}
+        self._windows: dict[tuple[str, str], GuardWindow] = {}
         self._text = ""
         self._changed: str | None = None  # a new text seen once, not yet applied
         self._task: asyncio.Task[None] | None = None
@@ -363,18 +389,18 @@ class Experiments:
                 or code == grpc.StatusCode.CANCELLED:
             return
         guard, now = experiment.guard, self._clock()
-        window = self._windows.setdefault((model, variant), _Window())
-        window.add((now, code not in NOT_THE_VARIANTS_FAULT, latency_s), guard.window_s)
+        window = self._window(experiment, variant)
+        window.add((now, code not in NOT_THE_VARIANTS_FAULT, latency_s))
         if (model, variant) in self.guarded:
             return
-        why = breach(window.outcomes, guard)
+        why = window.breach()
         if model in self.shared_breach:
             if len(window.outcomes) >= guard.min_calls and not why:
                 self._judge_afresh(experiment)
             return
         if not why:
             return
-        others = self._others_since(experiment, variant, window.onset(guard))
+        others = self._others_since(experiment, variant, window.onset())
         if others is None:
             return  # the others have too few calls since the breach began: wait
         if others and all(others.values()):
@@ -383,6 +409,16 @@ class Experiments:
         self.guarded[(model, variant)] = why
         log.warning("experiment %s: variant %s taken out of the split: %s; an operator "
                     "puts it back (detect ops restore)", model, variant, why)
+
+    def _window(self, experiment: Experiment, variant: str) -> GuardWindow:
+        """The variant's window, recounted if a reload changed the guard's bounds."""
+        assert experiment.guard is not None
+        key = (experiment.model, variant)
+        window = self._windows.get(key)
+        if window is None or window.guard != experiment.guard:
+            window = self._windows[key] = GuardWindow(experiment.guard,
+                                                  window.outcomes if window else ())
+        return window
 
     def _others_since(self, experiment: Experiment, variant: str,
                       onset: float) -> dict[str, str] | None:
@@ -397,8 +433,8 @@ class Experiments:
         for other in self.active(experiment):
             if other.name == variant or other.weight == 0:
                 continue
-            window = self._windows.get((experiment.model, other.name), _Window())
-            window.expire(now, guard.window_s)
+            window = self._window(experiment, other.name)
+            window.expire(now)
             recent = window.since(onset)
             if len(recent) < guard.min_calls:
                 waiting = True

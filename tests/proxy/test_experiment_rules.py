@@ -3,14 +3,19 @@ judgement (latency included), with a clock the test moves."""
 
 from __future__ import annotations
 
+import random
+
 import grpc
 import pytest
 
 from detect_proxy.experiments import (
     ExperimentError,
     Experiments,
+    Guard,
+    GuardWindow,
     Variant,
     assign,
+    breach,
     parse,
 )
 
@@ -163,3 +168,18 @@ def test_a_batch_row_that_fails_counts_against_the_variant(tmp_path):
             failed_rows += [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL]
         experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
     assert "error rate 55.6% > 50.0% over 9 calls" in experiments.guarded[("m", "candidate")]
+
+
+def test_the_running_counts_judge_as_the_whole_window_does():
+    """The guard judges each call from running counts; the verdict must be exactly the one
+    computed from every outcome in the window, whatever the mix and the window's size."""
+    rng = random.Random(7)
+    for _ in range(300):
+        guard = Guard(window_s=rng.choice([1.0, 5.0]), min_calls=rng.randint(1, 30),
+                      max_error_rate=rng.choice([0.0, 0.05, 0.5, 1.0]),
+                      max_p99_ms=rng.choice([0.0, 50.0, 100.0]))
+        window, now = GuardWindow(guard), 0.0
+        for _ in range(rng.randint(1, 400)):
+            now += rng.expovariate(100)
+            window.add((now, rng.random() < 0.03, rng.choice([0.01, 0.05, 0.1, 0.2])))
+            assert window.breach() == breach(list(window.outcomes), guard)
