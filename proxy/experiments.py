@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -234,14 +235,18 @@ class GuardWindow:
     def __init__(self, guard: Guard, outcomes: Iterable[Outcome] = ()) -> None:
         self.guard = guard
         self.outcomes: collections.deque[Outcome] = collections.deque()
+        self.bad: collections.deque[float] = collections.deque()  # when, of failed or slow
         self.failed = self.slow = 0
         for outcome in outcomes:
             self._keep(outcome)
 
     def _keep(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        slow = _slow(outcome, self.guard)
         self.failed += outcome[1]
-        self.slow += _slow(outcome, self.guard)
+        self.slow += slow
+        if outcome[1] or slow:
+            self.bad.append(outcome[0])
 
     def add(self, outcome: Outcome) -> None:
         self._keep(outcome)
@@ -250,8 +255,11 @@ class GuardWindow:
     def expire(self, now: float) -> None:
         while self.outcomes and self.outcomes[0][0] < now - self.guard.window_s:
             outcome = self.outcomes.popleft()
+            slow = _slow(outcome, self.guard)
             self.failed -= outcome[1]
-            self.slow -= _slow(outcome, self.guard)
+            self.slow -= slow
+            if outcome[1] or slow:
+                self.bad.popleft()
 
     def breach(self) -> str:
         """As ``breach(self.outcomes, guard)``. p99 > bound exactly when more than the
@@ -266,11 +274,11 @@ class GuardWindow:
 
     def onset(self) -> float:
         """When the window's first bad call happened: where a breach's evidence starts."""
-        return next((o[0] for o in self.outcomes if o[1] or _slow(o, self.guard)),
-                    self.outcomes[0][0])
+        return self.bad[0] if self.bad else self.outcomes[0][0]
 
     def since(self, when: float) -> list[Outcome]:
-        return [o for o in self.outcomes if o[0] >= when]
+        """The outcomes from ``when`` on (read from the newest: recent ones are few)."""
+        return list(itertools.takewhile(lambda o: o[0] >= when, reversed(self.outcomes)))
 
 
 class Experiments:

@@ -183,3 +183,7 @@ def test_the_running_counts_judge_as_the_whole_window_does():
             now += rng.expovariate(100)
             window.add((now, rng.random() < 0.03, rng.choice([0.01, 0.05, 0.1, 0.2])))
             assert window.breach() == breach(list(window.outcomes), guard)
+            assert window.onset() == next(
+                (when for when, failed, latency in window.outcomes
+                 if failed or (guard.max_p99_ms and latency * 1000 > guard.max_p99_ms)),
+                window.outcomes[0][0])
