@@ -35,9 +35,10 @@ SALT = "test-salt"
 
 
 def _experiment(weights: tuple[float, float], candidate: str = "2", shadow: str = "",
-                guard: str = "") -> str:
+                guard: str = "", control: str = "1") -> str:
     text = (f'[{MODEL}]\nsalt = "{SALT}"\nforce_clients = ["qa"]\n'
-            f'[[{MODEL}.variants]]\nname = "control"\nversion = "1"\nweight = {weights[0]}\n'
+            f'[[{MODEL}.variants]]\nname = "control"\nversion = "{control}"\n'
+            f"weight = {weights[0]}\n"
             f'[[{MODEL}.variants]]\nname = "candidate"\nversion = "{candidate}"\n'
             f"weight = {weights[1]}\n")
     if shadow:
@@ -48,7 +49,8 @@ def _experiment(weights: tuple[float, float], candidate: str = "2", shadow: str 
 
 
 @contextlib.contextmanager
-def _stack(tmp_path: Path, backend: str, experiments: str, port: int | None = None):
+def _stack(tmp_path: Path, backend: str, experiments: str, *flags: str,
+           port: int | None = None):
     """(stub, experiments file, backend url, metrics port, proxy target, proxy, backend)"""
     repository = versioned_models(tmp_path / "repository")
     path = tmp_path / "experiments.toml"
@@ -56,7 +58,7 @@ def _stack(tmp_path: Path, backend: str, experiments: str, port: int | None = No
     metrics_port = free_port()
     with triton_server(backend, tmp_path, repository=repository, port=port) as (url, server), \
             proxy(tmp_path, url, "--exposed-models", MODEL, "--default-model", MODEL,
-                  "--experiments", str(path), "--experiments-refresh-ms", "100",
+                  "--experiments", str(path), "--experiments-refresh-ms", "100", *flags,
                   metrics_port=metrics_port) as (target, process), \
             grpc.insecure_channel(target) as channel:
         yield (detect_pb2_grpc.DetectorStub(channel), path, url, metrics_port, target, process,
@@ -323,3 +325,33 @@ def test_a_backend_outage_takes_no_variant_out(tmp_path, images):
         assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 0
         assert _metric(metrics, "detect_experiment_guarded", variant="control") == 0
         assert "the guard judges afresh" in process.log()
+
+
+def test_overload_refusals_are_no_variants_fault(tmp_path, images):
+    """Above capacity the proxy refuses the excess early (RESOURCE_EXHAUSTED); those calls
+    never reached a variant, so a guard with a 5% error bound takes nobody out."""
+    image = images["coffee.png"]
+    guard = "window_s = 30\nmin_calls = 5\nmax_error_rate = 0.05\nmax_p99_ms = 1000"
+    # Both variants on the 0.3 s version, two upstream slots: about 7 calls/s.
+    with _stack(tmp_path, "localtriton", _experiment((50, 50), candidate="5", control="5",
+                                                     guard=guard),
+                "--max-upstream-calls", "2") as (stub, _, _, metrics, *_):
+        def caller(n: int) -> Counter:
+            codes: Counter = Counter()
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                key = f"c{n}-{sum(codes.values())}"
+                try:
+                    stub.Detect(detect_pb2.DetectRequest(image=image), timeout=1,
+                                metadata=[(contract.ROUTING_KEY_HEADER, key)])
+                    codes[grpc.StatusCode.OK] += 1
+                except grpc.RpcError as err:
+                    codes[err.code()] += 1
+            return codes
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = sum(pool.map(caller, range(16)), Counter())
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > codes[grpc.StatusCode.OK] >= 10
+        assert _metric(metrics, "detect_experiment_guarded", variant="control") == 0
+        assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 0
