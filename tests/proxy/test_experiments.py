@@ -349,9 +349,14 @@ def test_overload_refusals_are_no_variants_fault(tmp_path, images):
                     codes[err.code()] += 1
             return codes
 
+        for i in range(4):  # admission learns the backend's pace
+            _detect(stub, image, f"warm-{i}")
         with ThreadPoolExecutor(16) as pool:
             codes = sum(pool.map(caller, range(16)), Counter())
-        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-        assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > codes[grpc.StatusCode.OK] >= 10
+        # The excess refused at once; a call the estimate let wait too long may time out in
+        # the proxy's queue (also before any variant saw it).
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+        assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > codes[grpc.StatusCode.OK] >= 6
         assert _metric(metrics, "detect_experiment_guarded", variant="control") == 0
         assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 0
