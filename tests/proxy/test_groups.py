@@ -1,6 +1,7 @@
 """Two Triton groups with different models, behind Envoy's egress (one cluster per group):
-every call reaches a replica holding its model; a group's outage fails its models only; a
-model moved between groups under load (detect.v1.Operations) fails only during the gap.
+every call reaches a replica holding its model; one replica killed costs no call; a group's
+outage fails its models only; a model moved between groups under load (detect.v1.Operations)
+fails only during the gap.
 
 Real processes on both backends: groups of two localtriton replicas, or of one genuine
 tritonserver each (it takes seconds to start), in explicit model-control mode."""
@@ -196,6 +197,25 @@ def test_a_group_down_fails_only_its_models_and_is_used_again_when_back(groups):
     assert {code for _, code in failed_b} == {grpc.StatusCode.UNAVAILABLE}
     assert all(killed_at - 0.1 <= t <= back_at + recovered_in for t, _ in failed_b)
     assert recovered_in < 5.0
+
+
+def test_one_replica_of_a_group_killed_costs_no_call(groups, backend):
+    """Envoy's cluster per group retries a call whose replica died on the group's other
+    replica, and outlier detection takes the dead one out: no caller sees it."""
+    if backend != LOCALTRITON:
+        pytest.skip("tritonserver groups have one replica each here (it takes seconds to start)")
+    load = Load(groups.target, ("null_a", "null_b", "null_both"))
+    with load.running():
+        time.sleep(1.0)
+        url, proc = groups.replicas["a"][0]
+        proc.stop(signal.SIGKILL)
+        time.sleep(2.0)
+        groups.replicas["a"][0] = groups.start_replica(groups.stack, "a",
+                                                       int(url.rsplit(":", 1)[1]))
+        time.sleep(1.0)
+    for model in ("null_a", "null_b", "null_both"):
+        assert load.failures(model) == [], model
+        assert len(load.results[model]) > 50
 
 
 def test_a_model_moved_between_groups_under_load_fails_only_in_the_gap(groups):
