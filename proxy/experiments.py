@@ -34,7 +34,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -227,6 +227,19 @@ def breach(outcomes: Sequence[Outcome], guard: Guard) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class GuardEvent:
+    """A guard decision, as proxies tell each other (guard_sync.py)."""
+    OUT: ClassVar[str] = "out"  # the guard took the variant out
+    BACK: ClassVar[str] = "back"  # an operator put it back
+
+    action: str
+    model: str
+    salt: str
+    variant: str
+    why: str = ""
+
+
 class GuardWindow:
     """A variant's outcomes over the last window_s, with running counts of the failed and the
     slow ones, so that judging a call costs O(1) however many calls the window holds (the
@@ -296,6 +309,8 @@ class Experiments:
         self._windows: dict[tuple[str, str], GuardWindow] = {}
         self._text = ""
         self._changed: str | None = None  # a new text seen once, not yet applied
+        # Told of every guard decision made here (GuardSync shares them with other proxies).
+        self.on_guard: Callable[[GuardEvent], None] = lambda event: None
         self._task: asyncio.Task[None] | None = None
         if path:
             self._text = Path(path).read_text()
@@ -417,6 +432,7 @@ class Experiments:
         self.guarded[(model, variant)] = why
         log.warning("experiment %s: variant %s taken out of the split: %s; an operator "
                     "puts it back (detect ops restore)", model, variant, why)
+        self.on_guard(GuardEvent(GuardEvent.OUT, model, experiment.salt, variant, why))
 
     def _window(self, experiment: Experiment, variant: str) -> GuardWindow:
         """The variant's window, recounted if a reload changed the guard's bounds."""
@@ -505,4 +521,27 @@ class Experiments:
         if why:
             log.warning("experiment %s: variant %s put back into the split by an operator",
                         model, variant)
+        # Every proxy follows the operator, also those whose guard this one never heard of.
+        self.on_guard(GuardEvent(GuardEvent.BACK, model, experiment.salt, variant))
         return why
+
+    def apply(self, event: GuardEvent) -> bool:
+        """A decision another proxy made (or this one's, heard back): True when it changed
+        the split here. Only for the same experiment: same model, salt and variant."""
+        experiment = self.by_model.get(event.model)
+        if experiment is None or experiment.salt != event.salt \
+                or experiment.variant(event.variant) is None:
+            return False
+        key = (event.model, event.variant)
+        if event.action == GuardEvent.OUT and key not in self.guarded:
+            self.guarded[key] = f"{event.why} (judged by another proxy)"
+            log.warning("experiment %s: variant %s taken out of the split by another proxy's "
+                        "guard: %s", event.model, event.variant, event.why)
+            return True
+        if event.action == GuardEvent.BACK and key in self.guarded:
+            del self.guarded[key]
+            self._windows.pop(key, None)
+            log.warning("experiment %s: variant %s put back into the split by an operator "
+                        "(through another proxy)", event.model, event.variant)
+            return True
+        return False

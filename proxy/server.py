@@ -22,6 +22,7 @@ from .catalogue import Catalogue
 from .config import ProxyConfig
 from .detector import DetectorService, StreamLimits, method_handlers
 from .experiments import Experiments
+from .guard_sync import GuardSync
 from .health import ReadinessWatcher
 from .models import DetectorModel, Image
 from .observed import CallObserver
@@ -56,6 +57,11 @@ class DetectProxy:
                                config.redis_retry_ms / 1000, self.telemetry)
         self.cache = ResultCache(config.cache_ttl_s, local, shared, self.telemetry)
         self.experiments = Experiments(config.experiments, config.experiments_refresh_ms / 1000)
+        self.guard_sync: GuardSync | None = None
+        if config.redis_url and config.experiments:
+            self.guard_sync = GuardSync(config.redis_url, self.experiments,
+                                        config.redis_timeout_ms / 1000,
+                                        config.redis_retry_ms / 1000, self.telemetry)
         batcher = MicroBatcher(self.router, config.batch_max_wait_us / 1e6, config.batch_max_size)
 
         def shadow_send(model: DetectorModel, image: Image,
@@ -182,6 +188,8 @@ class DetectProxy:
             self.address = f"{self.config.listen.rsplit(':', 1)[0]}:{port}"
         await self.router.start()
         self.experiments.start()
+        if self.guard_sync is not None:
+            self.guard_sync.start()
         await self.watcher.update()  # report the true state from the first Check on
         self.watcher.start()
         if self.cache.enabled:
@@ -203,6 +211,8 @@ class DetectProxy:
             self._refresher.cancel()
         await self.shadow.close()
         await self.experiments.close()
+        if self.guard_sync is not None:
+            await self.guard_sync.close()
         await self.cache.close()
         await self.router.close()
         self.telemetry.shutdown()

@@ -111,6 +111,10 @@ class Telemetry:
             "detect.shadow.calls", description="calls also sent to an experiment's candidate "
             "version, by outcome: its status code, or skipped (at capacity, or at the shadow's "
             "concurrency limit)")
+        self.guard_messages = meter.create_counter(
+            "detect.experiment.guard_messages", description="guard decisions shared with the "
+            "other proxies through Redis, by outcome: sent, dropped (Redis unreachable), "
+            "applied (another proxy's decision changed the split here); by action: out, back")
         self.shadow_matched = meter.create_histogram(
             "detect.shadow.matched", description="share of the primary answer's detections the "
             "shadow candidate also found (same class, IoU >= 0.5), per compared call")

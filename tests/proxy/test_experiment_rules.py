@@ -12,6 +12,7 @@ from detect_proxy.experiments import (
     ExperimentError,
     Experiments,
     Guard,
+    GuardEvent,
     GuardWindow,
     Variant,
     assign,
@@ -187,3 +188,32 @@ def test_the_running_counts_judge_as_the_whole_window_does():
                 (when for when, failed, latency in window.outcomes
                  if failed or (guard.max_p99_ms and latency * 1000 > guard.max_p99_ms)),
                 window.outcomes[0][0])
+
+
+def test_decisions_told_and_heard(tmp_path):
+    """What a proxy tells the others (on_guard) and what it takes from them (apply): only
+    decisions about the same experiment (model, salt, variant) change its split."""
+    path = tmp_path / "experiments.toml"
+    path.write_text(FILE)
+    experiments = Experiments(str(path), 1.0)
+    told: list[GuardEvent] = []
+    experiments.on_guard = told.append
+    for _ in range(5):
+        experiments.record("m", "control", grpc.StatusCode.OK, 0.001)
+        experiments.record("m", "candidate", grpc.StatusCode.INTERNAL, 0.001)
+    assert told == [GuardEvent(GuardEvent.OUT, "m", "s", "candidate",
+                               "error rate 100.0% > 50.0% over 5 calls")]
+    experiments.restore("m", "candidate")
+    experiments.restore("m", "control")  # an operator's restore is told even if it was in
+    assert [e.action for e in told[1:]] == [GuardEvent.BACK, GuardEvent.BACK]
+
+    assert not experiments.apply(GuardEvent(GuardEvent.OUT, "m", "other-salt", "candidate", "x"))
+    assert not experiments.apply(GuardEvent(GuardEvent.OUT, "m", "s", "nope", "x"))
+    assert not experiments.apply(GuardEvent(GuardEvent.OUT, "other", "s", "candidate", "x"))
+    assert not experiments.guarded
+    assert experiments.apply(GuardEvent(GuardEvent.OUT, "m", "s", "candidate", "slow"))
+    assert experiments.guarded == {("m", "candidate"): "slow (judged by another proxy)"}
+    assert not experiments.apply(GuardEvent(GuardEvent.OUT, "m", "s", "candidate", "slow"))
+    assert experiments.apply(GuardEvent(GuardEvent.BACK, "m", "s", "candidate"))
+    assert not experiments.guarded
+    assert len(told) == 3  # what it heard, it does not tell again

@@ -25,6 +25,7 @@ from detect_stack.servers import (
     TESTDATA,
     free_port,
     proxy,
+    redis_server,
     triton_server,
     versioned_models,
     wait_for,
@@ -360,3 +361,59 @@ def test_overload_refusals_are_no_variants_fault(tmp_path, images):
         assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > codes[grpc.StatusCode.OK] >= 6
         assert _metric(metrics, "detect_experiment_guarded", variant="control") == 0
         assert _metric(metrics, "detect_experiment_guarded", variant="candidate") == 0
+
+
+def test_a_guard_decision_reaches_every_proxy_through_redis(tmp_path, images):
+    """Two proxies on one Redis: the one whose guard takes the failing candidate out tells
+    the other, whose callers then never meet it; one restore, through either, reaches both."""
+    image = images["coffee.png"]
+    repository = versioned_models(tmp_path / "repository")
+    path = tmp_path / "experiments.toml"
+    path.write_text(_experiment((50, 50), candidate="4",
+                                guard="window_s = 30\nmin_calls = 5\nmax_error_rate = 0.2"))
+    flags = ("--exposed-models", MODEL, "--default-model", MODEL, "--experiments", str(path),
+             "--cache-ttl-s", "0")
+    metrics = (free_port(), free_port())
+    with redis_server(tmp_path) as (redis_url, redis), \
+            triton_server("localtriton", tmp_path, repository=repository) as (url, _), \
+            proxy(tmp_path, url, *flags, "--redis-url", redis_url,
+                  metrics_port=metrics[0]) as (first, first_log), \
+            proxy(tmp_path, url, *flags, "--redis-url", redis_url,
+                  metrics_port=metrics[1]) as (second, second_log), \
+            grpc.insecure_channel(first) as first_channel, \
+            grpc.insecure_channel(second) as second_channel:
+        for log in (first_log, second_log):
+            wait_for(lambda log=log: "guard decisions shared through" in log.log(), 10,
+                     "subscribed to the guard's messages")
+        stub, other = (detect_pb2_grpc.DetectorStub(c) for c in (first_channel, second_channel))
+        failures = Counter()
+        for i in range(100):
+            try:
+                _detect(stub, image, f"caller-{i}")
+            except grpc.RpcError as err:
+                failures[err.code()] += 1
+        assert failures == Counter({grpc.StatusCode.INTERNAL: _bad_calls_before_the_guard(5)})
+        wait_for(lambda: "GUARDED" in _ops(second, "experiments"), 5, "the other proxy follows")
+        assert all(_detect(other, image, f"caller-{i}").variant == "control" for i in range(100))
+        assert "taken out of the split by another proxy's guard: error rate" in second_log.log()
+
+        assert "back in the split" in _ops(second, "restore", MODEL, "candidate")
+        wait_for(lambda: "GUARDED" not in _ops(first, "experiments"), 5, "restored on both")
+        key = next(f"caller-{i}" for i in range(100) if bucket(SALT, f"caller-{i}") >= 0.5)
+        with pytest.raises(grpc.RpcError) as again:
+            _detect(stub, image, key)
+        assert again.value.code() == grpc.StatusCode.INTERNAL
+        assert "put back into the split by an operator (through another proxy)" in \
+            first_log.log()
+        messages = "detect_experiment_guard_messages_total"
+        assert _metric(metrics[0], messages, outcome="sent", action="out") == 1
+        assert _metric(metrics[1], messages, outcome="applied", action="out") == 1
+        assert _metric(metrics[1], messages, outcome="sent", action="back") == 1
+        assert _metric(metrics[0], messages, outcome="applied", action="back") == 1
+
+        # Redis is an optimisation: without it a restore still works, on its own proxy.
+        redis.stop(signal.SIGKILL)
+        assert "back in the split" in _ops(first, "restore", MODEL, "candidate")
+        wait_for(lambda: "not shared with the other proxies" in first_log.log(), 5,
+                 "the dropped message logged")
+        assert _metric(metrics[0], messages, outcome="dropped", action="back") == 1
