@@ -75,8 +75,9 @@ class GuardSync:
                                    self._timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             self._count("dropped", event)
-            log.warning("experiment %s: variant %s %s not shared with the other proxies (%s)",
-                        event.model, event.variant, _what(event), exc or type(exc).__name__)
+            log.warning("experiment %s: the other proxies were not told that variant %s was %s "
+                        "(%s)", event.model, event.variant, _what(event),
+                        exc or type(exc).__name__)
             return
         self._count("sent", event)
 

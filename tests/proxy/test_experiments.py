@@ -414,6 +414,7 @@ def test_a_guard_decision_reaches_every_proxy_through_redis(tmp_path, images):
         # Redis is an optimisation: without it a restore still works, on its own proxy.
         redis.stop(signal.SIGKILL)
         assert "back in the split" in _ops(first, "restore", MODEL, "candidate")
-        wait_for(lambda: "not shared with the other proxies" in first_log.log(), 5,
+        wait_for(lambda: "the other proxies were not told that variant candidate was put back" in
+                     first_log.log(), 5,
                  "the dropped message logged")
         assert _metric(metrics[0], messages, outcome="dropped", action="back") == 1
