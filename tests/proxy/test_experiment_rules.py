@@ -1,8 +1,10 @@
 """The experiment rules on their own: the file's validation, assignment and the guard's
-judgement (latency included), with a clock the test moves."""
+judgement (latency included), with a clock the test moves; and the guard's messages between
+proxies through a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import grpc
@@ -19,6 +21,9 @@ from detect_proxy.experiments import (
     breach,
     parse,
 )
+from detect_proxy.guard_sync import GuardSync
+from detect_proxy.telemetry import Telemetry
+from detect_stack.servers import free_port, redis_ping, running
 
 FILE = """
 [m]
@@ -217,3 +222,45 @@ def test_decisions_told_and_heard(tmp_path):
     assert experiments.apply(GuardEvent(GuardEvent.BACK, "m", "s", "candidate"))
     assert not experiments.guarded
     assert len(told) == 3  # what it heard, it does not tell again
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+def test_decisions_travel_through_a_real_redis(tmp_path, over):
+    """Two guards (as two proxies have) on one redis-server, over TCP and a Unix socket."""
+    path = tmp_path / "experiments.toml"
+    path.write_text(FILE)
+    port = free_port()
+    sock = tmp_path / "redis.sock"
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--unixsocket", str(sock)]
+    url = f"redis://127.0.0.1:{port}/0" if over == "tcp" else f"unix://{sock}"
+
+    async def exchange() -> tuple[dict, dict]:
+        here, there = Experiments(str(path), 1.0), Experiments(str(path), 1.0)
+        syncs = [GuardSync(url, e, 1.0, 0.1, Telemetry(0)) for e in (here, there)]
+        for sync in syncs:
+            sync.start()
+        await asyncio.sleep(0.3)  # both subscribed
+        for _ in range(5):
+            here.record("m", "control", grpc.StatusCode.OK, 0.001)
+            here.record("m", "candidate", grpc.StatusCode.INTERNAL, 0.001)
+        for _ in range(50):
+            if there.guarded:
+                break
+            await asyncio.sleep(0.02)
+        heard = dict(there.guarded)
+        there.restore("m", "candidate")
+        for _ in range(50):
+            if not here.guarded:
+                break
+            await asyncio.sleep(0.02)
+        after = dict(here.guarded)
+        for sync in syncs:
+            await sync.close()
+        return heard, after
+
+    with running(args, tmp_path / "redis.log", lambda: redis_ping(port)):
+        heard, after = asyncio.run(exchange())
+    assert heard == {("m", "candidate"): "error rate 100.0% > 50.0% over 5 calls (judged by "
+                                         "another proxy)"}
+    assert after == {}
