@@ -59,6 +59,7 @@ class OperationsService:
                 model=experiment.model, salt=experiment.salt,
                 shadow_version=shadow.version if shadow else "",
                 shadow_fraction=shadow.fraction if shadow else 0.0,
+                shared_fault=experiment.model in self._experiments.shared_breach,
                 variants=[ops.ExperimentVariant(
                     name=v.name, version=v.version, weight=v.weight,
                     guarded=self._experiments.guarded.get((experiment.model, v.name), ""))

@@ -64,6 +64,9 @@ def print_experiments(reply: operations_pb2.ListExperimentsResponse) -> None:
         shadow = (f", shadow: version {experiment.shadow_version} at "
                   f"{experiment.shadow_fraction:g}" if experiment.shadow_version else "")
         print(f"{experiment.model} (salt {experiment.salt}{shadow})")
+        if experiment.shared_fault:
+            print("  every variant breaks the guard's bounds at once: a shared fault (backend "
+                  "outage, overload); none taken out")
         for v in experiment.variants:
             state = f"GUARDED: {v.guarded}" if v.guarded else "in the split"
             print(f"  {v.name}: version {v.version}, weight {v.weight:g}, {state}")

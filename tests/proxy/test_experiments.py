@@ -303,7 +303,7 @@ def test_a_backend_outage_takes_no_variant_out(tmp_path, images):
     port = free_port()
     keys = [f"caller-{i}" for i in range(40)]
     with _stack(tmp_path, "localtriton", _experiment((50, 50), guard=guard), port=port) \
-            as (stub, _, _, metrics, _, process, backend):
+            as (stub, _, _, metrics, target, process, backend):
         before = _versions(stub, image, keys)
         assert set(before.values()) == {"1", "2"}
         backend.stop(signal.SIGKILL)
@@ -316,6 +316,7 @@ def test_a_backend_outage_takes_no_variant_out(tmp_path, images):
         assert failures == Counter({grpc.StatusCode.UNAVAILABLE: len(keys)})
         assert _metric(metrics, "detect_experiment_shared_breach", model=MODEL) == 1
         assert "every variant breaks its guard at once" in process.log()
+        assert "a shared fault" in _ops(target, "experiments")
         with triton_server("localtriton", tmp_path, repository=tmp_path / "repository",
                            port=port):
             wait_for(lambda: _answers(stub, image), 10, "recovery")
