@@ -25,8 +25,10 @@ environment instead of running it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +152,39 @@ def command(args: list[str], venv: Path, work_dir: Path) -> tuple[list[str], dic
     return argv, env
 
 
+def reap_orphaned_stubs(work_dir: Path) -> list[int]:
+    """End the Python-backend stubs a killed server of this work directory left behind.
+
+    A stub busy with a request when its tritonserver dies (SIGKILL, OOM) waits for the
+    server for ever, holding its model's memory (about 1 GB for centerface). Each stub's
+    command line names its server's pid; a stub whose parent is no longer that pid is an
+    orphan. Only stubs started from this work directory are looked at, so servers of other
+    checkouts, and live replicas sharing this one, are left alone. Their shared-memory
+    regions go with them. Called where a server starts, e.g. when supervisord restarts one.
+    """
+    stub = str(work_dir.resolve() / "backends" / "python" / "triton_python_backend_stub")
+    reaped = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        # stub MODEL_PY SHM_REGION SHM_DEFAULT SHM_GROWTH SERVER_PID BACKEND_DIR ...
+        if argv[0] != stub or len(argv) < 6 or not argv[5].isdigit() or int(argv[5]) == ppid:
+            continue
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue
+        reaped.append(int(entry.name))
+        with contextlib.suppress(OSError):
+            (Path("/dev/shm") / Path(argv[2]).name).unlink()
+    return reaped
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m detect_localtriton.tritonserver", allow_abbrev=False,
@@ -180,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}={shlex.quote(env[name])} \\")
         print(" ".join(shlex.quote(a) for a in args).replace(" --", " \\\n  --"))
         return 0
+    reaped = reap_orphaned_stubs(own.work_dir)
+    if reaped:
+        print(f"tritonserver: ended {len(reaped)} Python-backend stub(s) a killed server left "
+              f"behind: pids {', '.join(map(str, reaped))}", file=sys.stderr)
     sys.stdout.flush()
     os.execve(args[0], args, env)
     return 1  # not reached

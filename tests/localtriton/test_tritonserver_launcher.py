@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +100,35 @@ def test_a_missing_venv_says_how_to_fix_it(tmp_path, capsys):
     assert tritonserver.main(["--triton-venv", str(tmp_path / "none"),
                               "--model-repository", str(MODEL_REPOSITORY)]) == 2
     assert "run `make triton`" in capsys.readouterr().err
+
+
+def test_a_starting_server_ends_the_stubs_a_killed_one_left_behind(tmp_path):
+    """Processes named as this work directory's stub: one whose server (the pid on its
+    command line) is its parent is live and kept; one whose server is gone is an orphan and
+    ended, with its shared-memory region; a stub of another work directory is not ours."""
+    stub = tmp_path / "work" / "backends" / "python" / "triton_python_backend_stub"
+    other = tmp_path / "other" / "backends" / "python" / "triton_python_backend_stub"
+    region = f"triton_python_backend_shm_region_test_{os.getpid()}"
+    (Path("/dev/shm") / region).write_bytes(b"")
+
+    model = tmp_path / "model.py"
+    model.write_text("import time\ntime.sleep(60)\n")
+
+    def fake(name: Path, server_pid: int) -> subprocess.Popen:
+        # argv: STUB MODEL_PY SHM_REGION SHM_DEFAULT SHM_GROWTH SERVER_PID, as a stub's.
+        return subprocess.Popen(["bash", "-c", f'exec -a "{name}" {sys.executable} {model} '
+                                 f'{region} 1 1 {server_pid}'])
+
+    live = fake(stub, os.getpid())  # its parent is the server it names
+    orphan = fake(stub, 999_999_999)  # the server it names is not its parent: gone
+    foreign = fake(other, 999_999_999)
+    try:
+        time.sleep(0.5)  # exec'd under their names
+        assert tritonserver.reap_orphaned_stubs(tmp_path / "work") == [orphan.pid]
+        assert orphan.wait(5) == -signal.SIGKILL
+        assert live.poll() is None and foreign.poll() is None
+        assert not (Path("/dev/shm") / region).exists()
+    finally:
+        for p in (live, orphan, foreign):
+            p.kill()
+            p.wait()
