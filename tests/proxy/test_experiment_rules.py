@@ -9,6 +9,7 @@ import random
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from detect_proxy.experiments import (
     ExperimentError,
@@ -21,7 +22,7 @@ from detect_proxy.experiments import (
     breach,
     parse,
 )
-from detect_proxy.guard_sync import GuardSync
+from detect_proxy.guard_sync import CHANNEL, GuardSync
 from detect_proxy.telemetry import Telemetry
 from detect_stack.servers import free_port, redis_ping, running
 
@@ -240,7 +241,11 @@ def test_decisions_travel_through_a_real_redis(tmp_path, over):
         syncs = [GuardSync(url, e, 1.0, 0.1, Telemetry(0)) for e in (here, there)]
         for sync in syncs:
             sync.start()
-        await asyncio.sleep(0.3)  # both subscribed
+        async with Redis.from_url(url) as redis:  # until both have subscribed
+            for _ in range(250):
+                if (await redis.pubsub_numsub(CHANNEL))[0][1] == 2:
+                    break
+                await asyncio.sleep(0.02)
         for _ in range(5):
             here.record("m", "control", grpc.StatusCode.OK, 0.001)
             here.record("m", "candidate", grpc.StatusCode.INTERNAL, 0.001)
