@@ -35,7 +35,6 @@ import argparse
 import ctypes.util
 import functools
 import io
-import json
 import math
 import os
 import platform
@@ -53,7 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, features
 
-from detect_loadtest import pipeline_limit
+from detect_loadtest import pipeline_limit, results_file
 from detect_localtriton.model_config import load as load_config
 from detect_localtriton.model_config import string_parameter
 from detect_stack import phone_photos
@@ -455,15 +454,6 @@ def versions(loaded: Sequence[Loaded]) -> dict[str, str]:
     return found
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((line.split(":", 1)[1].strip() for line in cpuinfo
-                         if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -573,8 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "duration_s": round(time.monotonic() - started, 1),
-        "environment": {"cpu": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
-                        "platform": platform.platform()},
+        "environment": results_file.environment(),
         "versions": versions(loaded),
         "face_model": str(model.relative_to(ROOT) if model and model.is_relative_to(ROOT)
                           else model) if model else "not found: faces skipped",
@@ -583,10 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "alternatives": [entry.summary() for entry in loaded],
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decoders.json").write_text(json.dumps(data, indent=2) + "\n")
-    (args.out / "decoders.md").write_text(render(data))
-    print(render(data))
+    results_file.write(args.out, "decoders", data, render(data))
     return 0
 
 

@@ -15,9 +15,6 @@ It writes ``shadow.json`` and ``shadow.md`` into ``--out`` (loadtest/results/sha
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -30,6 +27,7 @@ from typing import Any
 import grpc
 
 from detect.v1 import detect_pb2, detect_pb2_grpc
+from detect_loadtest import results_file
 from detect_loadtest.procstat import cpu_seconds
 from detect_proxy import contract
 from detect_stack.promtext import scrape, value
@@ -155,15 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "detect_loadtest.shadow_cost", *given]),
         "calls": args.calls, "callers": args.callers, "rounds": args.rounds,
         "duration_s": round(time.monotonic() - started, 1),
-        "environment": {"cpu": platform.processor() or platform.machine(),
-                        "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()},
+        "environment": results_file.environment(),
         "results": rows,
         "ratios": summary(rows),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shadow.json").write_text(json.dumps(data, indent=2) + "\n")
-    (args.out / "shadow.md").write_text(render(data))
-    print(render(data))
+    results_file.write(args.out, "shadow", data, render(data))
     return 0
 
 
